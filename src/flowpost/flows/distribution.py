@@ -1,0 +1,162 @@
+"""Flow distributions: a base density pushed through a bijection.
+
+    z ~ base,  x = T(z),  log q(x) = log base(z) - log|det dT/dz|
+
+Shapes: a :class:`Flow` of dimension ``d`` (and context length ``c``) takes ``x`` of
+shape ``(*batch, d)`` and ``context`` of shape ``(c,)`` or ``(*batch, c)``;
+``sample(key, n, context)`` returns ``(*n, *context_batch, d)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .bijection import Bijection
+
+Array = jax.Array
+
+
+class StandardNormal(eqx.Module):
+    """``N(0, I_dim)``."""
+
+    dim: int = eqx.field(static=True)
+
+    def log_prob(self, z):
+        return -0.5 * jnp.sum(z**2, -1) - 0.5 * self.dim * math.log(2 * math.pi)
+
+    def sample(self, key, shape=()):
+        return jax.random.normal(key, (*shape, self.dim))
+
+
+class StudentT(eqx.Module):
+    """Independent Student-t coordinates with a trainable ``df = softplus(raw) + 1``
+    (heavy-tailed base for heavy-tailed targets; Jaini et al. 2020)."""
+
+    dim: int = eqx.field(static=True)
+    raw_df: Array
+
+    def __init__(self, dim, df=5.0):
+        self.dim = dim
+        df = jnp.full((dim,), float(df))
+        self.raw_df = (df - 1) + jnp.log(-jnp.expm1(-(df - 1)))
+
+    @property
+    def df(self):
+        return jax.nn.softplus(self.raw_df) + 1.0
+
+    def log_prob(self, z):
+        nu = self.df
+        lp = (jax.scipy.special.gammaln((nu + 1) / 2) - jax.scipy.special.gammaln(nu / 2)
+              - 0.5 * jnp.log(nu * math.pi) - (nu + 1) / 2 * jnp.log1p(z**2 / nu))
+        return jnp.sum(lp, -1)
+
+    def sample(self, key, shape=()):
+        return jax.random.t(key, self.df, (*shape, self.dim))
+
+
+def _shape(n) -> tuple[int, ...]:
+    if n is None:
+        return ()
+    if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
+        if n < 0:
+            raise ValueError(f"sample size must be non-negative, got {n}")
+        return (int(n),)
+    if isinstance(n, tuple) and all(isinstance(i, (int, np.integer)) for i in n):
+        return tuple(int(i) for i in n)
+    raise TypeError(f"sample size must be an int or a tuple of ints, got {n!r}")
+
+
+class Flow(eqx.Module):
+    """A normalizing flow: ``base`` (default ``N(0, I)``) pushed through ``bijection``.
+
+    ``bijection.forward`` is the sampling direction ``z -> x``. ``log_prob`` uses
+    ``bijection.inverse``; ``sample_and_log_prob`` uses only ``forward`` (so it works for
+    flows without a tractable inverse, such as Sylvester's).
+    """
+
+    bijection: Bijection
+    base: eqx.Module
+    dim: int = eqx.field(static=True)
+    cond_dim: int | None = eqx.field(static=True)
+
+    def __init__(self, bijection: Bijection, base=None, dim=None):
+        dim = bijection.dim if bijection.dim is not None else dim
+        if dim is None:
+            raise ValueError("Flow: the bijection acts on any length; pass `dim=`")
+        self.bijection, self.dim, self.cond_dim = bijection, int(dim), bijection.cond_dim
+        self.base = StandardNormal(self.dim) if base is None else base
+
+    # -- input checks (static: they run at trace time, before anything is compiled) --
+    def _check_context(self, context, method):
+        if self.cond_dim is None:
+            if context is not None:
+                raise ValueError(f"Flow.{method}: this flow is unconditional, but a `context` was given.")
+            return None
+        if context is None:
+            raise ValueError(f"Flow.{method}: this flow is conditional and needs `context` of shape "
+                             f"(..., {self.cond_dim}), got None.")
+        context = jnp.asarray(context)
+        if context.ndim == 0 or context.shape[-1] != self.cond_dim:
+            raise ValueError(f"Flow.{method}: expected `context` of shape (..., {self.cond_dim}), got {context.shape}.")
+        return context
+
+    def _check_x(self, x):
+        x = jnp.asarray(x)
+        if x.ndim == 0 or x.shape[-1] != self.dim:
+            raise ValueError(f"Flow.log_prob: expected x of shape (..., {self.dim}), got {x.shape}.")
+        if not isinstance(x, jax.core.Tracer):
+            if not bool(jnp.all(jnp.isfinite(x))):
+                bad = int(jnp.sum(~jnp.isfinite(x)))
+                raise ValueError(f"Flow.log_prob: x holds {bad} non-finite value(s) (NaN or inf); "
+                                 "the density of such points is undefined. Clean the input first.")
+        else:
+            x = eqx.error_if(x, ~jnp.isfinite(x), "Flow.log_prob: x holds non-finite values (NaN or inf).")
+        return x
+
+    # -- densities and sampling --
+    def log_prob(self, x: Array, context: Array | None = None) -> Array:
+        """``x (*batch, dim) -> log q(x) (*batch,)``."""
+        x = self._check_x(x)
+        context = self._check_context(context, "log_prob")
+
+        def single(xi, ci):
+            z, ld = self.bijection.inverse(xi, ci)
+            return self.base.log_prob(z) + ld
+
+        return _map(single, x, context, self.cond_dim)
+
+    def sample_and_log_prob(self, key, n=None, context: Array | None = None) -> tuple[Array, Array]:
+        """Draws ``x (*n, *ctx_batch, dim)`` and their ``log q(x)`` in one forward pass."""
+        context = self._check_context(context, "sample_and_log_prob")
+        batch = _shape(n) + (() if context is None else context.shape[:-1])
+        z = self.base.sample(key, batch)
+        base_lp = self.base.log_prob(z)
+
+        def single(zi, ci):
+            return self.bijection.forward(zi, ci)
+
+        x, ld = _map(single, z, context, self.cond_dim)
+        return x, base_lp - ld
+
+    def sample(self, key, n=None, context: Array | None = None) -> Array:
+        """Draws ``x (*n, *ctx_batch, dim)``."""
+        context = self._check_context(context, "sample")
+        batch = _shape(n) + (() if context is None else context.shape[:-1])
+        z = self.base.sample(key, batch)
+        return _map(lambda zi, ci: self.bijection.forward(zi, ci)[0], z, context, self.cond_dim)
+
+
+def _map(fn, x, context, cond_dim):
+    """Apply ``fn(vector, context_vector)`` over the leading axes of ``x``, broadcasting context."""
+    batch = x.shape[:-1]
+    if context is not None:
+        batch = jnp.broadcast_shapes(batch, context.shape[:-1])
+        context = jnp.broadcast_to(context, (*batch, cond_dim)).reshape(-1, cond_dim)
+    x = jnp.broadcast_to(x, (*batch, x.shape[-1])).reshape(-1, x.shape[-1])
+    out = jax.vmap(fn, in_axes=(0, None if context is None else 0))(x, context)
+    return jax.tree.map(lambda a: a.reshape(*batch, *a.shape[1:]), out)

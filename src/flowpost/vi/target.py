@@ -1,0 +1,93 @@
+"""Targets: an unnormalised log density on R^dim plus a map to the model's own space.
+
+A :class:`Target` is what every fitting routine of :mod:`flowpost.vi` consumes. Its
+``log_prob`` is defined on *unconstrained* vectors ``u`` of shape ``(dim,)`` and already
+includes the log-Jacobian of ``constrain`` (so that ``exp(log_prob)`` is a density on
+``R^dim``); ``constrain(u)`` returns the model's quantities as a dict of named arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def _identity_constrain(u: Array) -> dict[str, Array]:
+    return {"theta": u}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Target:
+    """An unnormalised posterior on ``R^dim``.
+
+    Args:
+        log_prob: ``u (dim,) -> scalar``, the log density (up to a constant) of the
+            unconstrained parameters, log-Jacobian of ``constrain`` included. Must be
+            traceable by JAX (it is jitted, vmapped and differentiated).
+        dim: the number of unconstrained parameters.
+        constrain: ``u (dim,) -> dict[str, Array]``, the model's own quantities
+            (constrained parameters, deterministic sites). Default: ``{"theta": u}``.
+        names: optional flat names, one per entry of the flattened ``constrain`` output
+            (e.g. ``["mu", "tau", "theta[1]", ...]``). Derived when not given.
+        reference: optional reference posterior draws, flat name -> array ``(n,)``
+            (the gold-standard draws of a posteriordb posterior, for instance).
+        log_z: optional known log normalising constant of ``exp(log_prob)``.
+        name: a label used in tables and file names.
+    """
+
+    log_prob: Callable[[Array], Array]
+    dim: int
+    constrain: Callable[[Array], Mapping[str, Array]] | None = None
+    names: tuple[str, ...] | None = None
+    reference: Mapping[str, np.ndarray] | None = None
+    log_z: float | None = None
+    name: str = "target"
+
+    def __post_init__(self):
+        if not callable(self.log_prob):
+            raise TypeError(f"Target: `log_prob` must be callable, got {type(self.log_prob).__name__}")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer)) or self.dim < 1:
+            raise ValueError(f"Target: `dim` must be a positive integer, got {self.dim!r}")
+        object.__setattr__(self, "dim", int(self.dim))
+        if self.constrain is not None and not callable(self.constrain):
+            raise TypeError("Target: `constrain` must be callable or None")
+        if self.names is not None:
+            object.__setattr__(self, "names", tuple(self.names))
+
+    def to_model(self, u: Array) -> dict[str, Array]:
+        """Model-space quantities of one unconstrained vector ``u (dim,)``."""
+        fn = self.constrain or _identity_constrain
+        return dict(fn(u))
+
+    def flat_names(self) -> tuple[str, ...]:
+        """Names of the flattened model-space quantities, Stan style (``theta[1]``)."""
+        if self.names is not None:
+            return self.names
+        shapes = jax.eval_shape(self.to_model, jax.ShapeDtypeStruct((self.dim,), jnp.float32))
+        return tuple(n for k, s in shapes.items() for n in flat_names(k, s.shape))
+
+
+def flat_names(name: str, shape: tuple[int, ...]) -> list[str]:
+    """Stan-style flat names of an array quantity: ``theta[1]``, ``theta[2,1]``... (1-based)."""
+    if len(shape) == 0:
+        return [name]
+    idx = np.stack(np.unravel_index(np.arange(int(np.prod(shape))), shape), axis=1) + 1
+    return [f"{name}[{','.join(str(int(i)) for i in row)}]" for row in idx]
+
+
+def flatten_draws(draws: Mapping[str, Array]) -> dict[str, np.ndarray]:
+    """``{name: (n, *shape)}`` -> ``{flat_name: (n,)}`` (Stan-style names, 1-based)."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in draws.items():
+        v = np.asarray(v)
+        shape = v.shape[1:]
+        flat = v.reshape(v.shape[0], -1)
+        for j, n in enumerate(flat_names(k, shape)):
+            out[n] = flat[:, j]
+    return out

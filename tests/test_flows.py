@@ -1,0 +1,272 @@
+"""Exactness of every flow layer: log-determinants against autodiff Jacobians, inverses,
+float32 robustness of splines, normalisation, and input validation."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flowpost as fp
+from flowpost import flows as F
+
+DIM, CTX = 5, 3
+
+
+def randomise(module, key, scale=0.5):
+    """Perturb every trainable (inexact) array so that no layer is at its identity init."""
+    arrays, static = eqx.partition(module, eqx.is_inexact_array)
+    leaves, tree = jax.tree.flatten(arrays)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    leaves = [a + scale * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    return eqx.combine(jax.tree.unflatten(tree, leaves), static)
+
+
+def layer_factories(cond_dim):
+    """(name, constructor(key) -> Bijection, has_inverse); conditional where the layer supports it."""
+    rqs = F.RationalQuadraticSpline(knots=6, bound=3.0)
+    c = cond_dim
+    out = [
+        ("affine_coupling", lambda k: F.Coupling(k, DIM, F.Affine(), (16,), c), True),
+        ("spline_coupling", lambda k: F.Coupling(k, DIM, rqs, (16,), c), True),
+        ("maf_affine", lambda k: F.MaskedAutoregressive(k, DIM, F.Affine(), (16, 16), c), True),
+        ("maf_spline", lambda k: F.MaskedAutoregressive(k, DIM, rqs, (16,), c), True),
+        ("iaf_affine", lambda k: F.Invert(F.MaskedAutoregressive(k, DIM, F.Affine(), (16,), c)), True),
+        ("planar", lambda k: F.Planar(k, DIM, c), True),
+        ("radial", lambda k: F.Radial(k, DIM, c), True),
+        ("sylvester_orthogonal", lambda k: F.Sylvester(k, DIM, "orthogonal", m=3, cond_dim=c), False),
+        ("sylvester_householder", lambda k: F.Sylvester(k, DIM, "householder", n_householder=3, cond_dim=c), False),
+        ("sylvester_triangular", lambda k: F.Sylvester(k, DIM, "triangular", flip=True, cond_dim=c), False),
+        ("scan_realnvp", lambda k: F.Scan.make(
+            lambda kk: F.Chain([F.Coupling(kk, DIM, F.Affine(), (8,), c), F.Reverse(DIM)]), k, 3), True),
+    ]
+    if cond_dim is None:
+        out += [
+            ("actnorm", lambda k: F.ActNorm(DIM), True),
+            ("reverse", lambda k: F.Reverse(DIM), True),
+            ("random_permute", lambda k: F.RandomPermute(k, DIM), True),
+            ("lu_linear", lambda k: F.LULinear(DIM, k), True),
+            ("triangular_affine", lambda k: F.TriangularAffine(DIM), True),
+            ("exp", lambda k: F.Exp(), True),
+            ("softplus", lambda k: F.Softplus(), True),
+            ("sigmoid", lambda k: F.Sigmoid(), True),
+            ("tanh", lambda k: F.Tanh(), True),
+            ("affine_elementwise", lambda k: F.AffineElementwise(0.3, 2.0, dim=DIM), True),
+            ("chain", lambda k: F.Chain([F.LULinear(DIM, k), F.Planar(k, DIM), F.Softplus()]), True),
+        ]
+    return out
+
+
+CASES = [(n, f, inv, c) for c in (None, CTX) for (n, f, inv) in layer_factories(c)]
+IDS = [f"{n}-{'ctx' if c else 'noctx'}" for n, _, _, c in CASES]
+
+
+@pytest.mark.parametrize("name,make,has_inverse,cond_dim", CASES, ids=IDS)
+def test_logdet_matches_autodiff_jacobian_and_inverse(x64, name, make, has_inverse, cond_dim):
+    key = jax.random.key(1)
+    b = randomise(make(jax.random.key(0)), jax.random.key(2))
+    kx, kc = jax.random.split(key)
+    context = None if cond_dim is None else jax.random.normal(kc, (cond_dim,))
+    fwd = eqx.filter_jit(lambda m, v: m.forward(v, context))
+    inv = eqx.filter_jit(lambda m, v: m.inverse(v, context))
+    jac_fwd = eqx.filter_jit(lambda m, v: jax.jacfwd(lambda u: m.forward(u, context)[0])(v))
+    jac_inv = eqx.filter_jit(lambda m, v: jax.jacfwd(lambda u: m.inverse(u, context)[0])(v))
+    for x in 1.5 * jax.random.normal(kx, (4, DIM)):
+        y, ld = fwd(b, x)
+        jac = jac_fwd(b, x)
+        sign, ref = jnp.linalg.slogdet(jac)
+        assert sign != 0
+        assert abs(float(ld) - float(ref)) <= 1e-6 * max(1.0, abs(float(ref))), (name, ld, ref)
+        if has_inverse:
+            x_back, ld_inv = inv(b, y)
+            np.testing.assert_allclose(x_back, x, rtol=1e-6, atol=1e-6)
+            assert abs(float(ld_inv) + float(ld)) <= 1e-6 * max(1.0, abs(float(ld)))
+            ref_inv = jnp.linalg.slogdet(jac_inv(b, y))[1]
+            assert abs(float(ld_inv) - float(ref_inv)) <= 1e-6 * max(1.0, abs(float(ld)))
+        else:
+            with pytest.raises(F.NoInverseError, match="no closed-form inverse"):
+                b.inverse(y, context)
+
+
+@pytest.mark.parametrize("cond_dim", [None, CTX])
+def test_made_is_autoregressive(x64, cond_dim):
+    made = randomise(F.MADE(jax.random.key(0), DIM, 3, (16, 16), cond_dim, activation=jnp.tanh), jax.random.key(1))
+    ctx = None if cond_dim is None else jnp.ones(cond_dim)
+    jac = jax.jacfwd(lambda x: made(x, ctx))(jnp.linspace(-1, 1, DIM))  # (DIM, 3, DIM)
+    dep = np.abs(np.asarray(jac)).sum(1) > 0
+    np.testing.assert_array_equal(dep, np.tril(np.ones((DIM, DIM), bool), -1))  # i depends on j < i only
+    maf = randomise(F.MaskedAutoregressive(jax.random.key(0), DIM, hidden=(16,)), jax.random.key(1))
+    jz = jax.jacfwd(lambda x: maf.inverse(x)[0])(jnp.linspace(-1, 1, DIM))
+    np.testing.assert_allclose(np.triu(jz, 1), 0.0)
+
+
+def test_context_changes_the_map(x64):
+    for make in (lambda k: F.Coupling(k, DIM, F.Affine(), (8,), CTX), lambda k: F.Planar(k, DIM, CTX),
+                 lambda k: F.Sylvester(k, DIM, cond_dim=CTX)):
+        b = randomise(make(jax.random.key(0)), jax.random.key(3))
+        x = jnp.linspace(-1, 1, DIM)
+        y1, _ = b.forward(x, jnp.zeros(CTX))
+        y2, _ = b.forward(x, jnp.ones(CTX))
+        assert float(jnp.max(jnp.abs(y1 - y2))) > 1e-3
+
+
+def test_spline_float32_robust_over_wide_range():
+    rqs = F.RationalQuadraticSpline(knots=8, bound=3.0)
+    layer = randomise(F.Coupling(jax.random.key(0), 2, rqs, (16,)), jax.random.key(1), scale=2.0)
+    maf = randomise(F.MaskedAutoregressive(jax.random.key(0), 2, rqs, (16,)), jax.random.key(1), scale=2.0)
+    g = jnp.linspace(-10.0, 10.0, 201, dtype=jnp.float32)
+    xs = jnp.stack(jnp.meshgrid(g, g), -1).reshape(-1, 2)
+    assert xs.dtype == jnp.float32
+    for b in (layer, maf):
+        for method in ("forward", "inverse"):
+            y, ld = eqx.filter_jit(lambda m, x: jax.vmap(getattr(m, method))(x))(b, xs)
+            assert bool(jnp.all(jnp.isfinite(y))) and bool(jnp.all(jnp.isfinite(ld)))
+
+            def loss(m, x):
+                yy, ll = jax.vmap(lambda v: getattr(m, method)(v))(x)
+                return jnp.sum(yy**2) + jnp.sum(ll)
+
+            gm = eqx.filter_jit(eqx.filter_grad(loss))(b, xs)
+            gx = eqx.filter_jit(lambda m, x: jax.grad(lambda v: loss(m, v))(x))(b, xs)
+            assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(eqx.filter(gm, eqx.is_inexact_array)))
+            assert bool(jnp.all(jnp.isfinite(gx)))
+        # the tails are exactly the identity
+        far = jnp.array([[-9.0, 9.5]], jnp.float32)
+        if b is layer:
+            y, ld = jax.vmap(b.forward)(far)
+            np.testing.assert_allclose(y, far, atol=1e-6)
+            np.testing.assert_allclose(ld, 0.0, atol=1e-6)
+    # float32 round trip across the bound, for moderate parameters and conditioner inputs
+    # (extreme ones make the map flat to float32 precision in places: no inverse undoes that)
+    xs = xs[jnp.max(jnp.abs(xs), axis=1) <= 4.0]
+    for b in (layer, maf):
+        b = randomise(type(b)(jax.random.key(0), 2, rqs, (16,)), jax.random.key(2), scale=0.3)
+        y = eqx.filter_jit(lambda m, x: jax.vmap(m.forward)(x)[0])(b, xs)
+        x_back, ld_inv = eqx.filter_jit(lambda m, v: jax.vmap(m.inverse)(v))(b, y)
+        err = jnp.max(jnp.abs(x_back - xs), axis=1)
+        # float32 error, amplified by the local condition number |dx/dy| of the inverse
+        assert bool(jnp.all(err <= 1e-5 * (1 + jnp.exp(ld_inv)))), float(jnp.max(err / (1 + jnp.exp(ld_inv))))
+        assert float(jnp.median(err)) < 1e-5
+
+
+@pytest.mark.parametrize("make", [
+    lambda k: F.realnvp(k, 2, layers=4, hidden=(16,)),
+    lambda k: F.spline(k, 2, layers=3, hidden=(16,), bound=4.0),
+    lambda k: F.maf(k, 2, layers=3, hidden=(16,)),
+    lambda k: F.radial(k, 2, layers=4),
+], ids=["realnvp", "spline", "maf", "radial"])
+def test_density_integrates_to_one(x64, make):
+    # moderate random parameters: sharp spikes would need a finer grid than quadrature affords
+    flow = randomise(make(jax.random.key(0)), jax.random.key(1), scale=0.1)
+    g = jnp.linspace(-12, 12, 601)
+    xs = jnp.stack(jnp.meshgrid(g, g), -1).reshape(-1, 2)
+    mass = float(jnp.sum(jnp.exp(eqx.filter_jit(flow.log_prob)(xs))) * (g[1] - g[0]) ** 2)
+    assert abs(mass - 1.0) < 0.01, mass
+
+
+@pytest.mark.parametrize("make", [
+    lambda k: F.realnvp(k, DIM, layers=3, hidden=(8,), cond_dim=CTX),
+    lambda k: F.spline(k, DIM, layers=2, hidden=(8,), cond_dim=CTX),
+    lambda k: F.spline(k, DIM, layers=2, hidden=(8,), autoregressive=True, cond_dim=CTX),
+    lambda k: F.maf(k, DIM, layers=2, hidden=(8,), cond_dim=CTX),
+    lambda k: F.iaf(k, DIM, layers=2, hidden=(8,), cond_dim=CTX),
+    lambda k: F.planar(k, DIM, layers=3, cond_dim=CTX),
+    lambda k: F.radial(k, DIM, layers=3, cond_dim=CTX),
+], ids=["realnvp", "spline", "spline_ar", "maf", "iaf", "planar", "radial"])
+def test_sample_and_log_prob_agrees_with_log_prob(x64, make):
+    flow = randomise(make(jax.random.key(0)), jax.random.key(1), scale=0.3)
+    ctx = jax.random.normal(jax.random.key(5), (4, CTX))
+    x, lp = flow.sample_and_log_prob(jax.random.key(2), 3, context=ctx)
+    assert x.shape == (3, 4, DIM) and lp.shape == (3, 4)
+    np.testing.assert_allclose(flow.log_prob(x, context=ctx), lp, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(flow.sample(jax.random.key(2), 3, context=ctx), x)
+
+
+def test_sylvester_constructors_sample_with_exact_density(x64):
+    for kind in ("orthogonal", "householder", "triangular"):
+        flow = randomise(F.sylvester(jax.random.key(0), DIM, layers=2, kind=kind), jax.random.key(1))
+        x, lp = flow.sample_and_log_prob(jax.random.key(2), 4)
+        # density of the sample via the autodiff Jacobian of the whole map
+        z = flow.base.sample(jax.random.key(2), (4,))
+        jac = eqx.filter_jit(lambda f, v: jax.vmap(jax.jacfwd(lambda u: f.bijection.forward(u)[0]))(v))(flow, z)
+        ref = flow.base.log_prob(z) - jnp.linalg.slogdet(jac)[1]
+        np.testing.assert_allclose(lp, ref, rtol=1e-9)
+        with pytest.raises(F.NoInverseError):
+            flow.log_prob(x)
+
+
+def test_constructors_start_at_identity():
+    x = jax.random.normal(jax.random.key(0), (7, DIM))
+    for make in (F.realnvp, F.spline, F.maf, F.iaf, F.planar, F.radial):
+        flow = make(jax.random.key(1), DIM)  # identity up to the (volume-preserving) permutations
+        y, lp = eqx.filter_jit(lambda f: f.sample_and_log_prob(jax.random.key(3), 7))(flow)
+        z = flow.base.sample(jax.random.key(3), (7,))
+        np.testing.assert_allclose(jnp.sort(y, -1), jnp.sort(z, -1), atol=1e-5)
+        np.testing.assert_allclose(lp, flow.base.log_prob(z), atol=1e-5)
+        np.testing.assert_allclose(eqx.filter_jit(flow.log_prob)(x), F.StandardNormal(DIM).log_prob(x), atol=1e-5)
+
+
+def test_actnorm_data_dependent_init():
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (500, DIM))
+    a = F.ActNorm(DIM).initialise(x)
+    y = jax.vmap(lambda v: a.forward(v)[0])(x)
+    np.testing.assert_allclose(jnp.mean(y, 0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(jnp.std(y, 0), 1.0, atol=1e-4)
+
+
+def test_student_t_base_normalised(x64):
+    flow = F.Flow(F.TriangularAffine(2, loc=jnp.ones(2)), base=F.StudentT(2, df=3.0))
+    g = jnp.linspace(-60, 60, 1201)
+    xs = jnp.stack(jnp.meshgrid(g, g), -1).reshape(-1, 2)
+    mass = float(jnp.sum(jnp.exp(flow.log_prob(xs))) * (g[1] - g[0]) ** 2)
+    assert abs(mass - 1.0) < 0.01
+    x, lp = flow.sample_and_log_prob(jax.random.key(0), 5)
+    np.testing.assert_allclose(flow.log_prob(x), lp, rtol=1e-9)
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input_messages():
+    layer = F.Coupling(jax.random.key(0), DIM, F.Affine(), (8,))
+    with pytest.raises(ValueError, match=r"length 5, got shape \(4,\)"):
+        layer.forward(jnp.zeros(4))
+    with pytest.raises(ValueError, match=r"single vector.*shape \(3, 5\).*vmap"):
+        layer.forward(jnp.zeros((3, DIM)))
+    cond = F.Coupling(jax.random.key(0), DIM, F.Affine(), (8,), cond_dim=CTX)
+    with pytest.raises(ValueError, match=r"conditional.*context.*\(3,\).*None"):
+        cond.inverse(jnp.zeros(DIM))
+    with pytest.raises(ValueError, match=r"context` of shape \(3,\), got \(2,\)"):
+        cond.forward(jnp.zeros(DIM), jnp.zeros(2))
+
+    flow = F.realnvp(jax.random.key(0), DIM, layers=2)
+    with pytest.raises(ValueError, match=r"x of shape \(\.\.\., 5\), got \(10, 4\)"):
+        flow.log_prob(jnp.zeros((10, 4)))
+    with pytest.raises(ValueError, match=r"2 non-finite value\(s\)"):
+        flow.log_prob(jnp.array([[0.0, jnp.nan, 0, 0, 0], [jnp.inf, 0, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="unconditional"):
+        flow.log_prob(jnp.zeros(DIM), context=jnp.zeros(2))
+    cflow = F.maf(jax.random.key(0), DIM, layers=2, cond_dim=CTX)
+    with pytest.raises(ValueError, match=r"conditional and needs `context` of shape \(\.\.\., 3\)"):
+        cflow.sample(jax.random.key(0), 2)
+    with pytest.raises(ValueError, match="positive integer"):
+        F.realnvp(jax.random.key(0), 0)
+    with pytest.raises(TypeError, match="sample size"):
+        flow.sample(jax.random.key(0), 2.5)
+    # non-finite input under jit is caught at run time with the same meaning
+    with pytest.raises(Exception, match="non-finite"):
+        jax.block_until_ready(eqx.filter_jit(flow.log_prob)(jnp.full((2, DIM), jnp.nan)))
+
+
+def test_planar_inverse_is_numerical_but_exact(x64):
+    b = randomise(F.Planar(jax.random.key(0), DIM), jax.random.key(1), scale=2.0)
+    x = 3 * jax.random.normal(jax.random.key(2), (DIM,))
+    y, _ = b.forward(x)
+    np.testing.assert_allclose(b.inverse(y)[0], x, atol=1e-10)
+    # gradients flow through the inverse (implicit function through the Newton step)
+    g = jax.grad(lambda m: jnp.sum(m.inverse(y)[0]))(b)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(eqx.filter(g, eqx.is_inexact_array)))
+
+
+def test_same_key_same_flow():
+    a = F.spline(jax.random.key(3), DIM)
+    b = F.spline(jax.random.PRNGKey(3), DIM)
+    np.testing.assert_allclose(a.sample(jax.random.key(0), 4), b.sample(jax.random.PRNGKey(0), 4))
