@@ -1,0 +1,224 @@
+"""The fit loop: pure, jitted steps over a :class:`FitState`, run in ``lax.scan`` chunks.
+
+    state = init(params, optimizer, key)
+    state, trace = run_chunk(state, length)      # `length` steps in one compiled call
+
+:func:`fit` wraps this with the starting point (mode + Laplace), a rich progress bar, a
+convergence check, and the guarantees a user needs: a non-finite loss freezes the state
+at the last finite step and stops the run with a message naming that step; Ctrl-C
+returns what was trained so far.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import families, objectives
+from .init import laplace
+from .target import Target
+
+
+class FitState(NamedTuple):
+    params: Any  # the family's trainable arrays
+    opt_state: Any
+    key: jax.Array
+    step: jax.Array  # steps taken (int)
+    failed_at: jax.Array  # first step whose loss or gradient was not finite, else -1
+
+
+class Trace(NamedTuple):
+    loss: jax.Array
+    elbo: jax.Array
+    grad_norm: jax.Array
+
+
+def default_optimizer(steps: int, learning_rate: float = 1e-3) -> optax.GradientTransformation:
+    """Adam with a short warm-up, cosine decay to 1% and global-norm clipping at 10."""
+    warmup = min(100, max(steps // 10, 1))
+    schedule = optax.warmup_cosine_decay_schedule(learning_rate / 10, learning_rate, warmup,
+                                                  max(steps, warmup + 1), learning_rate / 100)
+    return optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
+
+
+def _as_key(key):
+    if key is None:
+        raise TypeError("fit: pass an explicit PRNG key, e.g. key=jax.random.key(0)")
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if key.shape == (2,) and key.dtype == jnp.uint32:
+        return jax.random.wrap_key_data(key)
+    raise TypeError(f"fit: `key` must be a jax.random.key or PRNGKey, got {key!r}")
+
+
+def make_step(static, objective, log_p, optimizer, num_samples):
+    """One optimisation step ``(state, _) -> (state, Trace)``; frozen once ``failed_at >= 0``."""
+
+    def loss_fn(params, key):
+        return objective(eqx.combine(params, static), log_p, key, num_samples)
+
+    def step(state: FitState, _):
+        key, sub = jax.random.split(state.key)
+        (loss, elbo), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, sub)
+        gnorm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm) & (state.failed_at < 0)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        failed_at = jnp.where((state.failed_at < 0) & ~ok, state.step, state.failed_at)
+        new = FitState(keep(params, state.params), keep(opt_state, state.opt_state), key,
+                       state.step + ok.astype(state.step.dtype), failed_at)
+        return new, Trace(loss, elbo, gnorm)
+
+    return step
+
+
+def _check_target(target, key):
+    if not isinstance(target, Target):
+        raise TypeError(f"fit: `target` must be a flowpost.Target (see fp.Target, fp.targets.get, "
+                        f"fp.targets.from_numpyro), got {type(target).__name__}")
+    u = jnp.zeros((target.dim,))
+    try:
+        out = jax.eval_shape(target.log_prob, u)
+    except Exception as e:  # noqa: BLE001  (re-raised with context)
+        raise ValueError(f"fit: target.log_prob failed on a vector of shape ({target.dim},): {e}") from e
+    if out.shape != ():
+        raise ValueError(f"fit: target.log_prob must return a scalar for one vector of shape ({target.dim},), "
+                         f"got shape {out.shape}; is `dim` right?")
+    probe = jax.random.normal(key, (8, target.dim))
+    values = np.asarray(jax.jit(jax.vmap(target.log_prob))(probe))
+    zero = float(jax.jit(target.log_prob)(u))
+    if not np.isfinite(zero) and not np.any(np.isfinite(values)):
+        raise ValueError("fit: target.log_prob is not finite at 0 nor at 8 random N(0, I) points "
+                         f"(values {zero}, {values.tolist()}); check the density and its support "
+                         "(log_prob must be defined on all of R^dim: map constrained parameters with `constrain`).")
+    if np.any(np.isnan(values)) or np.isnan(zero):
+        raise ValueError("fit: target.log_prob returns NaN at some of 0 and 8 random N(0, I) points "
+                         f"({zero}, {values.tolist()}); a log density may be -inf but never NaN.")
+
+
+def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, num_samples: int = 16,
+        optimizer: optax.GradientTransformation | None = None, learning_rate: float = 1e-3,
+        key=None, init="laplace", objective_options: dict | None = None, chunk: int = 100,
+        tol: float | None = None, progress: bool = True):
+    """Fit a variational posterior to ``target``.
+
+    Args:
+        target: the unnormalised posterior (:class:`flowpost.Target`).
+        family: ``"flow"`` (default: RealNVP on top of a full-rank affine layer),
+            ``"meanfield"``, ``"fullrank"``, or any :class:`flowpost.flows.Flow`.
+        objective: ``"elbo"`` (STL), ``"iwelbo"`` (DReG), ``"renyi"``, ``"fkl"``.
+        steps: optimisation steps.
+        num_samples: draws per step.
+        optimizer: an optax transformation (default :func:`default_optimizer`).
+        learning_rate: for the default optimizer.
+        key: PRNG key (required).
+        init: ``"laplace"`` (mode by L-BFGS + Laplace covariance) or ``"standard"``
+            (``N(0, I)``). Ignored for a user's Flow.
+        objective_options: e.g. ``{"k": 8}`` for iwelbo, ``{"alpha": 0.5}`` for renyi.
+        chunk: steps per compiled ``lax.scan`` call.
+        tol: stop early (after at least 5 chunks) when the ELBO's mean over the last chunk
+            moves less than ``tol`` nats from the chunk before; ``None``: run all steps.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`flowpost.vi.result.FitResult`.
+    """
+    from .result import FitResult
+
+    key = _as_key(key)
+    for name, v in (("steps", steps), ("num_samples", num_samples), ("chunk", chunk)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"fit: `{name}` must be a positive integer, got {v!r}")
+    if init not in ("laplace", "standard"):
+        raise ValueError(f"fit: `init` must be 'laplace' or 'standard', got {init!r}")
+    k_check, k_init, k_run = jax.random.split(key, 3)
+    _check_target(target, k_check)
+    obj = objectives.get(objective, **(objective_options or {}))
+
+    start = None
+    if isinstance(family, str) and init == "laplace":
+        start = laplace(target.log_prob, target.dim)
+        q = families.make(family, target.dim, start.mode, start.chol, key=k_init)
+    else:
+        q = families.make(family, target.dim, key=k_init)
+    if objective in ("iwelbo", "fkl") and not objectives.has_inverse(q):
+        raise ValueError(f"fit: objective={objective!r} needs a family with an inverse (log q at any point)")
+
+    optimizer = optimizer or default_optimizer(steps, learning_rate)
+    params, static = eqx.partition(q, eqx.is_inexact_array)
+    state = FitState(params, optimizer.init(params), k_run, jnp.asarray(0), jnp.asarray(-1))
+    log_p = jax.vmap(target.log_prob)
+    step = make_step(static, obj, log_p, optimizer, num_samples)
+
+    @eqx.filter_jit
+    def run_chunk(state, length):
+        return jax.lax.scan(step, state, None, length=length)
+
+    traces, message, t0 = [], "completed", time.perf_counter()
+    done, prev = 0, None
+    bar = _Progress(steps, target.name, enabled=progress)
+    try:
+        with bar:
+            while done < steps:
+                n = min(chunk, steps - done)
+                state, tr = run_chunk(state, n)
+                tr = jax.tree.map(np.asarray, tr)
+                traces.append(tr)
+                done += n
+                failed = int(state.failed_at)
+                if failed >= 0:
+                    message = (f"stopped: the loss or its gradient was not finite at step {failed}; "
+                               f"kept the state of step {failed - 1 if failed else 'init'} (the last finite one)")
+                    break
+                cur = float(np.mean(tr.elbo))
+                bar.update(done, cur)
+                if tol is not None and prev is not None and done >= 5 * chunk:
+                    if abs(cur - prev) < tol:
+                        message = f"converged at step {done} (ELBO change {abs(cur - prev):.2g} < tol {tol})"
+                        break
+                prev = cur
+    except KeyboardInterrupt:
+        message = f"interrupted by the user after {done} steps; the state of step {int(state.step)} is kept"
+    if message.startswith(("stopped", "interrupted")):
+        warnings.warn(f"fit: {message}", RuntimeWarning, stacklevel=2)
+    trace = Trace(*(np.concatenate([getattr(t, f) for t in traces]) if traces else np.zeros(0)
+                    for f in Trace._fields))
+    q = eqx.combine(state.params, static)
+    return FitResult(q=q, target=target, trace=trace, steps=int(state.step), message=message,
+                     seconds=time.perf_counter() - t0, family=family if isinstance(family, str) else "custom",
+                     objective=objective if isinstance(objective, str) else "custom", start=start)
+
+
+class _Progress:
+    """A rich progress bar with the running ELBO (a no-op when disabled)."""
+
+    def __init__(self, total, label, enabled=True):
+        self.enabled, self.total, self.label = enabled, total, label
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("ELBO {task.fields[elbo]}"), TimeRemainingColumn(), transient=False)
+            self._p.__enter__()
+            self._task = self._p.add_task(f"fit {self.label}", total=self.total, elbo="...")
+        return self
+
+    def update(self, done, elbo):
+        if self.enabled:
+            self._p.update(self._task, completed=done, elbo=f"{elbo:.4g}")
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._p.__exit__(*exc)
+        return False

@@ -1,0 +1,253 @@
+"""A fitted variational posterior: draws in the model's space, diagnostics, importance
+correction, ArviZ output, saving and loading.
+
+Diagnostics follow Yao et al. 2018 ("Yes, but did it work?"): the Pareto k-hat of the
+importance weights ``w = p(theta, D) / q(theta)`` (ArviZ's PSIS), the effective sample
+size of the (smoothed, normalised) weights ``1 / sum w_i^2``, and — because a low k-hat
+alone does not prove a fit — the convergence of the optimisation itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import warnings
+from typing import Any
+
+import arviz as az
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .target import Target, flatten_draws
+
+
+def psis(log_w: np.ndarray) -> tuple[np.ndarray, float]:
+    """Pareto-smoothed log weights (normalised) and k-hat, by ArviZ's PSIS."""
+    log_w = np.asarray(log_w, dtype=np.float64)
+    finite = np.isfinite(log_w)
+    if not finite.all():
+        log_w = np.where(finite, log_w, -np.inf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lw, khat = az.psislw(log_w - np.max(log_w[finite]))
+    return np.asarray(lw), float(khat)
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`flowpost.fit` returns.
+
+    Attributes:
+        q: the fitted family (a :class:`flowpost.flows.Flow` on ``R^dim``).
+        target: the target it was fitted to.
+        trace: per-step ``loss``, ``elbo``, ``grad_norm`` arrays.
+        steps: steps taken; ``message``: how the run ended; ``seconds``: wall time.
+    """
+
+    q: Any
+    target: Target
+    trace: Any
+    steps: int
+    message: str
+    seconds: float = 0.0
+    family: str = "flow"
+    objective: str = "elbo"
+    start: Any = None
+
+    # -- draws --------------------------------------------------------------------------
+    def sample_unconstrained(self, key, n: int) -> tuple[jax.Array, jax.Array]:
+        """``(u (n, dim), log q(u) (n,))`` in the unconstrained space."""
+        return _sample(self.q, key, n)
+
+    def sample(self, key, n: int) -> dict[str, np.ndarray]:
+        """``n`` draws in the model's space: quantity name -> array ``(n, *shape)``."""
+        u, _ = self.sample_unconstrained(key, n)
+        return self.constrain(u)
+
+    def constrain(self, u) -> dict[str, np.ndarray]:
+        out = jax.jit(jax.vmap(self.target.to_model))(u)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def log_prob(self, u) -> jax.Array:
+        """``log q(u)`` for unconstrained ``u (..., dim)``."""
+        return self.q.log_prob(u)
+
+    def log_weights(self, key, n: int) -> tuple[jax.Array, np.ndarray]:
+        """Draws ``u (n, dim)`` and their log importance weights ``log p(u) - log q(u)``."""
+        u, lq = self.sample_unconstrained(key, n)
+        lp = jax.jit(jax.vmap(self.target.log_prob))(u)
+        return u, np.asarray(lp - lq, dtype=np.float64)
+
+    # -- diagnostics --------------------------------------------------------------------
+    def diagnostics(self, key=None, n: int = 4000) -> dict[str, Any]:
+        """ELBO, PSIS k-hat, importance-sampling ESS and convergence of the run.
+
+        Keys: ``elbo`` (with ``elbo_se``), ``khat``, ``ess`` (of the smoothed weights,
+        out of ``n``), ``ess_fraction``, ``converged`` (ELBO plateau over the last fifth
+        of the run), ``elbo_slope`` (nats per 1000 steps there), ``grad_norm`` (median
+        there), ``log_evidence`` (importance-sampling estimate of log Z, an upper
+        estimate vs. the ELBO), ``warnings`` (list of str) and ``message``.
+        """
+        key = jax.random.key(12345) if key is None else key
+        _, log_w = self.log_weights(key, n)
+        finite = np.isfinite(log_w)
+        lw, khat = psis(log_w)
+        w = np.exp(lw)
+        ess = float(1.0 / np.sum(w**2))
+        m = np.max(log_w[finite])
+        log_z = float(m + np.log(np.mean(np.exp(np.where(finite, log_w - m, -np.inf)))))
+        elbo = float(np.mean(log_w[finite]))
+        conv = self.convergence()
+        out = {"elbo": elbo, "elbo_se": float(np.std(log_w[finite]) / np.sqrt(finite.sum())),
+               "khat": khat, "ess": ess, "ess_fraction": ess / n, "log_evidence": log_z,
+               "nonfinite_weights": int((~finite).sum()), **conv, "message": self.message}
+        notes = []
+        if khat > 0.7:
+            notes.append(f"k-hat {khat:.2f} > 0.7: importance weights are unreliable; q misses part of the posterior")
+        elif khat > 0.5:
+            notes.append(f"k-hat {khat:.2f} in (0.5, 0.7]: usable, but treat tails and variances with care")
+        if not conv["converged"]:
+            notes.append(f"the ELBO was still moving at the end ({conv['elbo_slope']:+.3g} nats / 1000 steps): "
+                         "run more steps")
+            if khat <= 0.7:
+                notes.append("k-hat looks fine but the optimisation had not converged: the two disagree, do not "
+                             "trust k-hat alone (a collapsed q can give flat weights)")
+        if (~finite).any():
+            notes.append(f"{int((~finite).sum())} of {n} draws have non-finite log p - log q")
+        out["warnings"] = notes
+        return out
+
+    def convergence(self) -> dict[str, Any]:
+        """Whether the ELBO trace had flattened over the last fifth of the run."""
+        e = np.asarray(self.trace.elbo, dtype=np.float64)
+        g = np.asarray(self.trace.grad_norm, dtype=np.float64)
+        if len(e) < 50:
+            return {"converged": False, "elbo_slope": float("nan"), "grad_norm": float(np.median(g)) if len(g) else float("nan")}
+        tail = e[-max(len(e) // 5, 25):]
+        t = np.arange(len(tail))
+        slope = float(np.polyfit(t, tail, 1)[0])
+        se_slope = float(np.std(tail) * np.sqrt(12.0 / len(tail) ** 3))
+        # flat if the drift over the tail is below its noise or below 0.01 nats per 1000 steps
+        converged = abs(slope) < 3 * se_slope or abs(slope) * 1000 < 0.01
+        return {"converged": bool(converged), "elbo_slope": slope * 1000,
+                "grad_norm": float(np.median(g[-len(tail):]))}
+
+    # -- importance correction ----------------------------------------------------------
+    def resample(self, key, n: int, pool: int | None = None) -> dict[str, np.ndarray]:
+        """``n`` PSIS-corrected draws (model space): ``pool`` draws from ``q`` (default
+        ``max(4n, 4000)``) resampled with their Pareto-smoothed importance weights."""
+        pool = pool or max(4 * n, 4000)
+        k1, k2 = jax.random.split(key)
+        u, log_w = self.log_weights(k1, pool)
+        lw, _ = psis(log_w)
+        idx = jax.random.choice(k2, pool, (n,), replace=True, p=jnp.asarray(np.exp(lw)))
+        return self.constrain(u[np.asarray(idx)])
+
+    # -- output -------------------------------------------------------------------------
+    def to_arviz(self, key=None, n: int = 4000) -> az.InferenceData:
+        """Draws (one chain of ``n``) as ``arviz.InferenceData``, with the log importance
+        weights and log densities in ``sample_stats``."""
+        key = jax.random.key(0) if key is None else key
+        u, log_w = self.log_weights(key, n)
+        draws = self.constrain(u)
+        posterior = {k: v[None] for k, v in draws.items()}
+        stats = {"log_weight": log_w[None], "lp": np.asarray(jax.jit(jax.vmap(self.target.log_prob))(u))[None]}
+        return az.from_dict(posterior=posterior, sample_stats=stats,
+                            attrs={"target": self.target.name, "family": self.family, "objective": self.objective,
+                                   "inference_library": "flowpost"})
+
+    def summary(self, key=None, n: int = 4000) -> dict[str, dict[str, float]]:
+        """Per flat quantity: mean, sd and the 5/50/95% quantiles of ``n`` draws."""
+        key = jax.random.key(0) if key is None else key
+        flat = flatten_draws(self.sample(key, n))
+        return {k: {"mean": float(np.mean(v)), "sd": float(np.std(v)), "q5": float(np.quantile(v, 0.05)),
+                    "q50": float(np.quantile(v, 0.5)), "q95": float(np.quantile(v, 0.95))} for k, v in flat.items()}
+
+    def compare_reference(self, key=None, n: int = 10000, resampled: bool = False) -> dict[str, Any]:
+        """Against ``target.reference``: worst ``|mean - ref mean| / ref sd`` (``z``) and
+        worst ``|log(sd / ref sd)|`` over the quantities, and which quantities."""
+        if not self.target.reference:
+            raise ValueError(f"target {self.target.name!r} has no reference draws")
+        key = jax.random.key(0) if key is None else key
+        draws = self.resample(key, n) if resampled else self.sample(key, n)
+        return compare(flatten_draws(draws), self.target.reference)
+
+    def save(self, path) -> pathlib.Path:
+        """Save to the folder ``path``: ``q.eqx`` (parameters), ``meta.json``, ``trace.npz``
+        and ``posterior.nc`` (ArviZ netCDF of 4000 draws)."""
+        path = pathlib.Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / "q.eqx.tmp"
+        eqx.tree_serialise_leaves(tmp, self.q)
+        os.replace(tmp, path / "q.eqx")
+        meta = {"format": 1, "target": self.target.name, "dim": self.target.dim, "family": self.family,
+                "objective": self.objective, "steps": self.steps, "message": self.message, "seconds": self.seconds,
+                "structure": _structure(self.q)}
+        (path / "meta.json").write_text(json.dumps(meta, indent=2))
+        np.savez(path / "trace.npz", **self.trace._asdict())
+        self.to_arviz().to_netcdf(str(path / "posterior.nc"))
+        return path
+
+
+def _structure(q) -> str:
+    return str(jax.tree.structure(eqx.filter(q, eqx.is_array)))
+
+
+@eqx.filter_jit
+def _sample(q, key, n):
+    return q.sample_and_log_prob(key, n)
+
+
+def compare(flat: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Worst standardised mean error and log sd ratio of ``flat`` draws against ``reference``."""
+    missing = sorted(set(reference) - set(flat))
+    if missing:
+        raise ValueError(f"draws lack reference quantities {missing[:5]}")
+    z = {k: abs(np.mean(flat[k]) - np.mean(r)) / np.std(r) for k, r in reference.items()}
+    s = {k: abs(np.log(np.std(flat[k]) / np.std(r))) for k, r in reference.items()}
+    kz, ks = max(z, key=z.get), max(s, key=s.get)
+    return {"max_abs_z": float(z[kz]), "worst_mean": kz, "max_abs_log_sd": float(s[ks]), "worst_sd": ks}
+
+
+def load(path, target: Target | None = None, like=None) -> FitResult:
+    """Load a saved :class:`FitResult`.
+
+    Args:
+        path: the folder written by :meth:`FitResult.save`.
+        target: the target (required unless it was a built-in one, found by name).
+        like: a flow of the same structure, for a custom family (built-in families are
+            rebuilt from ``meta.json``).
+    """
+    from . import families
+    from .fit import Trace
+
+    path = pathlib.Path(path)
+    if not (path / "meta.json").exists() or not (path / "q.eqx").exists():
+        raise FileNotFoundError(f"load: {path} is not a saved flowpost result (meta.json and q.eqx expected)")
+    meta = json.loads((path / "meta.json").read_text())
+    if target is None:
+        from . import targets
+
+        try:
+            target = targets.get(meta["target"])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"load: the result was fitted to {meta['target']!r}, which is not a built-in target; "
+                             "pass `target=` (the same Target object)") from e
+    if target.dim != meta["dim"]:
+        raise ValueError(f"load: saved dim {meta['dim']} but the target has dim {target.dim}")
+    if like is None:
+        if meta["family"] not in families.FAMILIES:
+            raise ValueError("load: a custom family was saved; pass `like=` (a flow of the same structure)")
+        like = families.make(meta["family"], meta["dim"])
+    if _structure(like) != meta["structure"]:
+        raise ValueError("load: the saved parameters do not match the structure of the family "
+                         f"{meta['family']!r} (saved by another version or with other options); pass `like=`")
+    q = eqx.tree_deserialise_leaves(path / "q.eqx", like)
+    tr = np.load(path / "trace.npz")
+    return FitResult(q=q, target=target, trace=Trace(*(tr[f] for f in Trace._fields)), steps=meta["steps"],
+                     message=meta["message"], seconds=meta["seconds"], family=meta["family"],
+                     objective=meta["objective"])
