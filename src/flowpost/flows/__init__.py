@@ -12,6 +12,7 @@ from .elementwise import AffineElementwise, Exp, Sigmoid, Softplus, Tanh
 from .linear import ActNorm, LULinear, Permute, RandomPermute, Reverse, TriangularAffine
 from .nn import MADE, MLP, Linear
 from .residual import Planar, Radial, Sylvester
+from .train import fit_to_data
 from .transformers import Affine, RationalQuadraticSpline
 
 __all__ = [
@@ -22,5 +23,5 @@ __all__ = [
     "AffineElementwise", "Exp", "Sigmoid", "Softplus", "Tanh",
     "Affine", "RationalQuadraticSpline", "MADE", "MLP", "Linear",
     "Flow", "StandardNormal", "StudentT",
-    "realnvp", "spline", "maf", "iaf", "planar", "radial", "sylvester",
+    "realnvp", "spline", "maf", "iaf", "planar", "radial", "sylvester", "fit_to_data",
 ]

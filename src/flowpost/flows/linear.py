@@ -65,9 +65,22 @@ class Permute(Bijection):
         return y[self.inv], jnp.zeros((), y.dtype)
 
 
-def Reverse(dim: int) -> Permute:
-    """The reversal permutation, used between couplings so that masks alternate."""
-    return Permute(np.arange(dim)[::-1])
+class Reverse(Permute):
+    """The reversal permutation ``y = x[::-1]``, used between couplings so that masks alternate.
+
+    A :class:`Permute` (``perm`` is ``dim-1, ..., 0``) that applies the reversal as a
+    static flip rather than a gather: no index arrays are read, the flip's gradient is a
+    flip (a gather's is a scatter-add), and batched arrays keep their memory layout.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__(np.arange(dim)[::-1])
+
+    def _forward(self, x, context):
+        return x[::-1], jnp.zeros((), x.dtype)
+
+    def _inverse(self, y, context):
+        return y[::-1], jnp.zeros((), y.dtype)
 
 
 def RandomPermute(key, dim: int) -> Permute:

@@ -5,10 +5,13 @@ objectives treat them alike:
 
 - ``"meanfield"``: ``N(m, diag(s^2))`` (an elementwise affine map);
 - ``"fullrank"``: ``N(m, L L^T)`` (a triangular affine map);
-- ``"flow"``: a RealNVP (Dinh et al. 2017) followed by a trainable full-rank affine map.
-  The affine map is initialised at the mode and the Laplace covariance (the
-  "whitening" layer recommended for ill-conditioned posteriors), so the couplings only
-  have to learn what is not Gaussian.
+- ``"flow"``: a RealNVP (Dinh et al. 2017) followed by a trainable full-rank affine map,
+  on a Student-t base with trainable degrees of freedom (initially 10). The affine map is
+  initialised at the mode and the Laplace covariance (the "whitening" layer recommended
+  for ill-conditioned posteriors), so the couplings only have to learn what is not
+  Gaussian. The heavier-tailed base (Jaini et al. 2020) keeps the importance weights
+  p/q bounded in the tails: on the posteriordb references it took PSIS k-hat from 0.70 to
+  0.07 (arK) and from 0.79 to -0.10 (low_dim_gauss_mix) at equal accuracy.
 
 A user may also pass any :class:`~flowpost.flows.Flow` of the right dimension.
 """
@@ -35,14 +38,16 @@ def fullrank(dim: int, loc=None, chol=None) -> F.Flow:
 
 
 def flow(dim: int, loc=None, chol=None, *, key=None, layers: int = 8, hidden=(32, 32),
-         activation=jax.nn.tanh) -> F.Flow:
-    """RealNVP couplings (``layers`` x ``hidden``) then ``loc + chol @ (.)``.
+         activation=jax.nn.tanh, df: float | None = 10.0) -> F.Flow:
+    """RealNVP couplings (``layers`` x ``hidden``) then ``loc + chol @ (.)``, on a
+    Student-t base with ``df`` initial degrees of freedom (``None``: standard normal).
 
     ``tanh`` conditioners keep the map smooth (ReLU couplings make ``log q`` piecewise
     linear, which importance weights notice)."""
     key = jax.random.key(0) if key is None else key
     couplings = F.realnvp(key, dim, layers=layers, hidden=hidden, activation=activation).bijection
-    return F.Flow(F.Chain([couplings, F.TriangularAffine(dim, loc=loc, chol=chol)]))
+    base = None if df is None else F.StudentT(dim, df=df)
+    return F.Flow(F.Chain([couplings, F.TriangularAffine(dim, loc=loc, chol=chol)]), base=base)
 
 
 def make(family, dim: int, loc=None, chol=None, key=None) -> F.Flow:

@@ -68,7 +68,7 @@ def make_step(static, objective, log_p, optimizer, num_samples):
     def step(state: FitState, _):
         key, sub = jax.random.split(state.key)
         (loss, elbo), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, sub)
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm) & (state.failed_at < 0)
@@ -96,13 +96,13 @@ def _check_target(target, key):
     probe = jax.random.normal(key, (8, target.dim))
     values = np.asarray(jax.jit(jax.vmap(target.log_prob))(probe))
     zero = float(jax.jit(target.log_prob)(u))
+    if np.any(np.isnan(values)) or np.isnan(zero):
+        raise ValueError("fit: target.log_prob returns NaN at some of 0 and 8 random N(0, I) points "
+                         f"({zero}, {values.tolist()}); a log density may be -inf but never NaN.")
     if not np.isfinite(zero) and not np.any(np.isfinite(values)):
         raise ValueError("fit: target.log_prob is not finite at 0 nor at 8 random N(0, I) points "
                          f"(values {zero}, {values.tolist()}); check the density and its support "
                          "(log_prob must be defined on all of R^dim: map constrained parameters with `constrain`).")
-    if np.any(np.isnan(values)) or np.isnan(zero):
-        raise ValueError("fit: target.log_prob returns NaN at some of 0 and 8 random N(0, I) points "
-                         f"({zero}, {values.tolist()}); a log density may be -inf but never NaN.")
 
 
 def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, num_samples: int = 16,
