@@ -62,6 +62,22 @@ def main():
     Console().print(table)
     pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(a.out).write_text(json.dumps(rows, indent=1))
+    print(markdown(rows))
+
+
+def markdown(rows) -> str:
+    """The README's table: one row per posterior, one column per family."""
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    cells = {(r["posterior"], r["family"]): r for r in rows}
+    out = ["| posterior | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    for name in dict.fromkeys(r["posterior"] for r in rows):
+        row = []
+        for f in families:
+            r = cells.get((name, f))
+            row.append("" if r is None else f"{r['max_abs_z']:.2g}/{r['max_abs_log_sd']:.2g}/{r['khat']:.2f}"
+                       + (" ✓" if r["pass"] else ""))
+        out.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -95,9 +95,13 @@ def test_laplace_start_is_exact_for_a_gaussian(gauss):
 
 
 def test_flow_fits_u1_within_005_nats():
-    # U1 is bimodal: a Laplace start sits in one mode, so start from N(0, I) (README: init)
+    # U1 is two crescents joined by a ring of low density: the reverse-KL ELBO from one
+    # start tends to lock onto one side (measured: KL 0.20 nats with a spline flow), while
+    # the importance-weighted bound (K = 8, DReG) covers both and then tightens (0.015).
     t = fp.targets.get("u1")
-    r = fp.fit(t, steps=4000, key=jax.random.key(0), init="standard", learning_rate=5e-3, progress=False)
+    q = fp.flows.spline(jax.random.key(0), 2, layers=6, hidden=(64, 64), bound=5.0)
+    r = fp.fit(t, family=q, objective="iwelbo", objective_options={"k": 8}, steps=4000, num_samples=64,
+               key=jax.random.key(0), learning_rate=3e-3, progress=False)
     d = r.diagnostics(jax.random.key(1), n=20000)
     kl = t.log_z - d["elbo"]  # KL(q || p) = log Z - ELBO
     assert kl < 0.05, kl

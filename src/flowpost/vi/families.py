@@ -11,7 +11,7 @@ objectives treat them alike:
   for ill-conditioned posteriors), so the couplings only have to learn what is not
   Gaussian. The heavier-tailed base (Jaini et al. 2020) keeps the importance weights
   p/q bounded in the tails: on the posteriordb references it took PSIS k-hat from 0.70 to
-  0.07 (arK) and from 0.79 to -0.10 (low_dim_gauss_mix) at equal accuracy.
+  0.07 (arK) and from 0.79 to -0.12 (low_dim_gauss_mix) at equal accuracy.
 
 A user may also pass any :class:`~flowpost.flows.Flow` of the right dimension.
 """

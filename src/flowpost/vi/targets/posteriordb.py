@@ -275,7 +275,7 @@ def _low_dim_gauss_mix() -> _Model:
         m1, dd, s, t = u[0], u[1], u[2:4], u[4]
         mu, sig = jnp.stack([m1, m1 + jnp.exp(dd)]), jnp.exp(s)
         prior = -0.5 * jnp.sum((mu / 2) ** 2) - 0.5 * jnp.sum((sig / 2) ** 2)
-        prior += 4 * log_sigmoid(t) + 3 * log_sigmoid(-t)  # Beta(5, 5)
+        prior += 4 * log_sigmoid(t) + 4 * log_sigmoid(-t)  # Beta(5, 5)
         log_jac = dd + jnp.sum(s) + log_sigmoid(t) + log_sigmoid(-t)
         y = jnp.asarray(d["y"], u.dtype)[:, None]
         comp = -0.5 * ((y - mu) * jnp.exp(-s)) ** 2 - s + jnp.stack([log_sigmoid(t), log_sigmoid(-t)])
