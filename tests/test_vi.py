@@ -65,13 +65,21 @@ def test_meanfield_reaches_its_known_optimum(gauss):
     np.testing.assert_allclose(m, m0, atol=0.02 * np.sqrt(np.diag(c0)).max())
     np.testing.assert_allclose(np.diag(c), 1 / np.diag(lam), rtol=0.03)
     assert np.all(np.diag(c) < np.diag(c0))
-    d = r.diagnostics(n=4000)
-    assert d["khat"] > 0.7  # a mean-field q of a correlated Gaussian must be flagged
-    assert any("k-hat" in w for w in d["warnings"])
     # importance resampling moves the variances towards the truth
     res = fp.vi.flatten_draws(r.resample(jax.random.key(2), 4000, pool=40000))
     v_res = np.array([np.var(res[f"theta[{i + 1}]"]) for i in range(DIM)])
     assert np.mean(np.abs(np.log(v_res / np.diag(c0)))) < np.mean(np.abs(np.log(np.diag(c) / np.diag(c0))))
+
+
+def test_khat_flags_a_meanfield_fit_of_a_strongly_correlated_gaussian():
+    # correlation 0.95: the mean-field optimum has variances 1 - 0.95^2 = 0.0975 of the
+    # marginals, so the weights p/q have heavy tails and k-hat must exceed 0.7
+    t = fp.targets.get("gaussian", dim=2, mean=[0.0, 0.0], cov=[[1.0, 0.95], [0.95, 1.0]])
+    bad = fp.fit(t, family="meanfield", steps=1500, key=jax.random.key(0), progress=False)
+    good = fp.fit(t, family="fullrank", steps=300, key=jax.random.key(0), progress=False)
+    d_bad, d_good = bad.diagnostics(n=8000), good.diagnostics(n=8000)
+    assert d_bad["khat"] > 0.7 and any("k-hat" in w for w in d_bad["warnings"])
+    assert d_good["khat"] < 0.5 and d_good["ess_fraction"] > 0.9
 
 
 @pytest.mark.parametrize("objective,options", [("iwelbo", {"k": 8}), ("renyi", {"alpha": 0.5}), ("fkl", {})])

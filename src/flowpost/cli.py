@@ -30,7 +30,7 @@ def targets():
     table = Table(title="built-in targets (`flowpost fit NAME`)")
     table.add_column("name")
     table.add_column("alias")
-    aliases = {v: k for k, v in T._ALIASES.items()}
+    aliases = {v: k for k, v in T.aliases().items()}
     for n in T.names():
         table.add_row(n, aliases.get(n, ""))
     console.print(table)

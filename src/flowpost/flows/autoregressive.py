@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from .bijection import Bijection
-from .nn import MADE
+from .nn import MADE, fold_masks
 from .transformers import Affine
 
 
@@ -53,9 +53,11 @@ class MaskedAutoregressive(Bijection):
 
     def _forward(self, z, context):
         # After step i the first i+1 coordinates are exact; dim steps give all of them.
+        made = fold_masks(self.made)  # mask the weights once, not at every step
+
         def step(_, x):
-            return self.transformer.forward(self.made(x, context), z)[0]
+            return self.transformer.forward(made(x, context), z)[0]
 
         x = jax.lax.fori_loop(0, self.dim, step, jnp.zeros_like(z))
-        _, ld = self.transformer.forward(self.made(x, context), z)
+        _, ld = self.transformer.forward(made(x, context), z)
         return x, jnp.sum(ld)

@@ -20,6 +20,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .nn import fold_masks
+
 Array = jax.Array
 
 
@@ -155,7 +157,8 @@ class Scan(Bijection):
         return cls(eqx.filter_vmap(make_layer)(keys), length)
 
     def _scan(self, x, context, method, reverse):
-        arrays, static = eqx.partition(self.stacked, eqx.is_array)
+        # masks of autoregressive layers: applied once to the stacked weights, not per step
+        arrays, static = eqx.partition(fold_masks(self.stacked), eqx.is_array)
 
         def step(carry, layer_arrays):
             v, total = carry

@@ -44,6 +44,29 @@ class Linear(eqx.Module):
         w = self.weight if self.mask is None else jnp.where(self.mask, self.weight, 0.0)
         return w @ x + self.bias
 
+    def masked(self) -> "Linear":
+        """The same map with the mask folded into the weight (``mask=None``).
+
+        Gradients still reach only the unmasked entries of the original weight. Used
+        to apply masks once, outside loops (see :func:`fold_masks`).
+        """
+        if self.mask is None:
+            return self
+        w = jnp.where(self.mask, self.weight, 0.0)
+        return eqx.tree_at(lambda m: (m.weight, m.mask), self, (w, None), is_leaf=lambda v: v is None)
+
+
+def fold_masks(tree):
+    """``tree`` with every masked :class:`Linear` replaced by :meth:`Linear.masked`.
+
+    Same function, but the ``where(mask, weight, 0)`` is computed once here instead of
+    at every call. :class:`~flowpost.flows.Scan` applies it to its stacked layers before
+    its loop (so masks are applied to all layers in one vectorised op, and neither masks
+    nor masked weights are saved per iteration for the backward pass).
+    """
+    return jax.tree.map(lambda n: n.masked() if isinstance(n, Linear) else n, tree,
+                        is_leaf=lambda n: isinstance(n, Linear))
+
 
 class MLP(eqx.Module):
     """``R^n_in -> R^n_out`` multilayer perceptron; the last layer starts at zero."""

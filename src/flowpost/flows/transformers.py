@@ -18,9 +18,28 @@ import numpy as np
 _SOFTPLUS_ONE = float(np.log(np.expm1(1.0)))  # softplus(_SOFTPLUS_ONE) == 1
 
 
+@jax.custom_jvp
+def _softplus(x):
+    """``jax.nn.softplus`` (same values, bit for bit) with a cheaper derivative.
+
+    ``jax.nn.softplus`` differentiates as ``exp(x - softplus(x))``: a second exponential
+    and infinity guards. Here the derivative ``sigmoid(x)`` reuses ``exp(-|x|)`` from the
+    value.
+    """
+    return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@_softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    e = jnp.exp(-jnp.abs(x))
+    y = jnp.maximum(x, 0) + jnp.log1p(e)
+    return y, t * (jnp.where(x >= 0, 1.0, e) / (1.0 + e))
+
+
 def _positive(raw, minimum):
     """``minimum + (1 - minimum) * softplus(raw + c)``: positive, equal to 1 at ``raw = 0``."""
-    return minimum + (1.0 - minimum) * jax.nn.softplus(raw + _SOFTPLUS_ONE)
+    return minimum + (1.0 - minimum) * _softplus(raw + _SOFTPLUS_ONE)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,8 +27,14 @@ FAMILIES = ("flow", "meanfield", "fullrank")
 
 
 def meanfield(dim: int, loc=None, chol=None) -> F.Flow:
-    """``N(loc, diag(scale^2))``; ``scale`` from the diagonal of ``chol`` when given."""
-    scale = 1.0 if chol is None else jnp.sqrt(jnp.sum(jnp.asarray(chol) ** 2, axis=1))
+    """``N(loc, diag(scale^2))``. Given the Cholesky factor of a covariance ``S``, the
+    scales start at ``1 / sqrt(diag(S^-1))``: the mean-field optimum for ``N(loc, S)``
+    (the KL(q||p)-optimal factorised Gaussian matches the precision's diagonal)."""
+    if chol is None:
+        scale = 1.0
+    else:
+        inv = jnp.linalg.inv(jnp.asarray(chol))  # S^-1 = inv^T inv
+        scale = 1.0 / jnp.sqrt(jnp.sum(inv**2, axis=0))
     return F.Flow(F.AffineElementwise(jnp.zeros(dim) if loc is None else loc, scale, dim=dim))
 
 

@@ -17,7 +17,7 @@ import inspect
 from ..target import Target
 from . import builtin, posteriordb
 
-__all__ = ["Target", "get", "names", "from_numpyro"]
+__all__ = ["Target", "get", "names", "aliases", "from_numpyro"]
 
 _REGISTRY = {
     **{f"u{i}": functools.partial(builtin.energy, f"u{i}") for i in range(1, 5)},
@@ -34,6 +34,11 @@ _ALIASES = dict(posteriordb.ALIASES)
 def names() -> list[str]:
     """Canonical names of the built-in targets (``get`` also accepts the posteriordb aliases)."""
     return list(_REGISTRY)
+
+
+def aliases() -> dict[str, str]:
+    """Short alias -> canonical name (e.g. ``"eight_schools"`` -> the posteriordb name)."""
+    return dict(_ALIASES)
 
 
 def get(name: str, **kwargs) -> Target:
