@@ -207,3 +207,19 @@ def test_cli_fit_writes_results(tmp_path):
         assert (out / f).stat().st_size > 0
     bad = CliRunner().invoke(app, ["fit", "no_such_target"])
     assert bad.exit_code == 2 and "unknown target" in bad.output
+
+
+def test_stl_is_skipped_for_flows_without_a_one_pass_inverse():
+    from flowpost.vi import objectives
+
+    t = fp.targets.get("gaussian", dim=3, seed=1)
+    log_p = jax.vmap(t.log_prob)
+    iaf = fp.flows.iaf(jax.random.key(0), 3, layers=2, hidden=(8,))
+    nvp = fp.flows.realnvp(jax.random.key(0), 3, layers=2, hidden=(8,))
+    assert not objectives.has_fast_inverse(iaf) and objectives.has_inverse(iaf)
+    assert objectives.has_fast_inverse(nvp)
+    k = jax.random.key(3)
+    # for an IAF the default ELBO is exactly the plain reparameterised one (no inverse pass)
+    assert float(objectives.elbo(iaf, log_p, k, 8)[0]) == float(objectives.elbo(iaf, log_p, k, 8, stl=False)[0])
+    jaxpr = str(jax.make_jaxpr(lambda q: objectives.elbo(q, log_p, k, 8)[0])(iaf))
+    assert "while" not in jaxpr  # the sequential inverse is a fori_loop

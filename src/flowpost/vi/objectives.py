@@ -8,8 +8,8 @@ gradient is the estimator named below, and the plain ELBO estimate of the same d
 
 - ``elbo``: reverse KL with the sticking-the-landing path gradient (Roeder et al. 2017):
   the score term, zero in expectation, is dropped by evaluating ``log q`` with stopped
-  parameters. Falls back to the standard reparameterised ELBO for flows without an
-  inverse.
+  parameters. Falls back to the standard reparameterised ELBO for flows without a
+  one-pass inverse (Sylvester; IAF, whose inverse is sequential).
 - ``iwelbo``: the importance-weighted bound with ``K`` draws per group (Burda et al.
   2016) and the doubly-reparameterised gradient, DReG (Tucker et al. 2019).
 - ``renyi``: the Renyi variational bound ``1/(1-alpha) log E[w^(1-alpha)]``
@@ -26,7 +26,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ..flows import Sylvester
+from ..flows import Invert, MaskedAutoregressive, Sylvester
 
 OBJECTIVES = ("elbo", "iwelbo", "renyi", "fkl")
 
@@ -35,6 +35,14 @@ def has_inverse(q) -> bool:
     """Whether ``q`` can evaluate ``log q`` at arbitrary points (STL, DReG and fkl need it)."""
     is_syl = lambda m: isinstance(m, Sylvester)  # noqa: E731
     return not any(is_syl(m) for m in jax.tree.leaves(q, is_leaf=is_syl))
+
+
+def has_fast_inverse(q) -> bool:
+    """Whether ``log q`` of a given point costs about one forward pass: false for
+    Sylvester flows (no inverse) and for IAF layers (their inverse takes ``dim``
+    sequential passes), where STL would cost more than it saves."""
+    is_iaf = lambda m: isinstance(m, Invert) and isinstance(m.bijection, MaskedAutoregressive)  # noqa: E731
+    return has_inverse(q) and not any(is_iaf(m) for m in jax.tree.leaves(q, is_leaf=is_iaf))
 
 
 def _log_q_stopped(q, x):
@@ -52,7 +60,7 @@ def _draws(q, log_p, key, n, stl):
 
 
 def elbo(q, log_p, key, n, stl=True):
-    x, lq, lp = _draws(q, log_p, key, n, stl and has_inverse(q))
+    x, lq, lp = _draws(q, log_p, key, n, stl and has_fast_inverse(q))
     e = jnp.mean(lp - lq)
     return -e, e
 
