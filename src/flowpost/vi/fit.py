@@ -155,7 +155,7 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
 
     optimizer = optimizer or default_optimizer(steps, learning_rate)
     params, static = eqx.partition(q, eqx.is_inexact_array)
-    state = FitState(params, optimizer.init(params), k_run, jnp.asarray(0), jnp.asarray(-1))
+    state = FitState(params, optimizer.init(params), k_run, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
     log_p = jax.vmap(target.log_prob)
     step = make_step(static, obj, log_p, optimizer, num_samples)
 
