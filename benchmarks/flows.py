@@ -53,9 +53,9 @@ except ImportError:  # pragma: no cover
 FLOWS = ("realnvp", "spline", "iaf", "maf-seq")
 LABELS = {
     "realnvp": "RealNVP (10 affine couplings)",
-    "spline": "Spline coupling (5 layers, RQS)",
-    "iaf": "MAF, sampling-fast (= IAF, 5 layers)",
-    "maf-seq": "MAF, density-fast (sequential sampling, 5 layers)",
+    "spline": "Spline coupling (5 RQS layers)",
+    "iaf": "MAF, one-pass sampling (IAF, 5 layers)",
+    "maf-seq": "MAF, sequential sampling (5 layers)",
 }
 
 
@@ -132,7 +132,7 @@ def show(rows, args) -> None:
                         f"{args.width}x{args.depth} relu, spline {args.knots} bins on [-{args.bound}, {args.bound}], "
                         f"median of {args.repeats} ({jax.default_backend()})")
     for col in ("flow", "dim", "op"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for col in ("flowpost steps/s", "FlowJAX steps/s", "ratio fp/fj", "compile s fp", "compile s fj"):
         table.add_column(col, justify="right")
     for r in rows:
@@ -141,7 +141,7 @@ def show(rows, args) -> None:
         table.add_row(r["label"], str(r["dim"]), r["op"], f"{r['flowpost_steps_per_s']:.2f}",
                       f"{r['flowjax_steps_per_s']:.2f}", ratio, f"{r['flowpost_compile_s']:.2f}",
                       f"{r['flowjax_compile_s']:.2f}")
-    Console().print(table)
+    Console(width=max(160, Console().width)).print(table)
 
 
 def main(argv=None) -> None:

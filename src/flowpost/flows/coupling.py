@@ -56,7 +56,7 @@ class Coupling(Bijection):
         return self.conditioner(h).reshape(self.dim - self.n_cond, self.transformer.n_params)
 
     def _apply(self, x, context, fn):
-        x1, x2 = x[: self.n_cond], x[self.n_cond :]
+        x1, x2 = jnp.split(x, [self.n_cond])  # one split: its gradient is one concatenation
         y2, ld = fn(self._params(x1, context), x2)
         return jnp.concatenate([x1, y2]), jnp.sum(ld)
 

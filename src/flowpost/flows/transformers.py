@@ -20,21 +20,26 @@ _SOFTPLUS_ONE = float(np.log(np.expm1(1.0)))  # softplus(_SOFTPLUS_ONE) == 1
 
 @jax.custom_jvp
 def _softplus(x):
-    """``jax.nn.softplus`` (same values, bit for bit) with a cheaper derivative.
+    """``jax.nn.softplus`` with a cheaper derivative (the values are the same).
 
     ``jax.nn.softplus`` differentiates as ``exp(x - softplus(x))``: a second exponential
-    and infinity guards. Here the derivative ``sigmoid(x)`` reuses ``exp(-|x|)`` from the
-    value.
+    and infinity guards. Here the derivative ``sigmoid(x)`` reuses the ``exp(-|x|)`` that
+    the value computes (XLA merges the two).
     """
-    return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    return jax.nn.softplus(x)
 
 
 @_softplus.defjvp
 def _softplus_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
     e = jnp.exp(-jnp.abs(x))
-    y = jnp.maximum(x, 0) + jnp.log1p(e)
-    return y, t * (jnp.where(x >= 0, 1.0, e) / (1.0 + e))
+    return jax.nn.softplus(x), t * (jnp.where(x >= 0, 1.0, e) / (1.0 + e))
+
+
+def _columns(params, splits):
+    """``params[..., :s0], params[..., s0:s1], ...`` as one split, whose gradient is a
+    single concatenation (separate slices differentiate to zero-padded copies summed)."""
+    return jnp.split(params, splits, axis=-1)
 
 
 def _positive(raw, minimum):
@@ -53,12 +58,16 @@ class Affine:
     min_scale: float = 1e-3
     n_params: int = 2
 
+    def _shift_scale(self, params):
+        shift, raw = _columns(params, [1])
+        return shift[..., 0], _positive(raw[..., 0], self.min_scale)
+
     def forward(self, params, x):
-        shift, scale = params[..., 0], _positive(params[..., 1], self.min_scale)
+        shift, scale = self._shift_scale(params)
         return x * scale + shift, jnp.log(scale)
 
     def inverse(self, params, y):
-        shift, scale = params[..., 0], _positive(params[..., 1], self.min_scale)
+        shift, scale = self._shift_scale(params)
         return (y - shift) / scale, -jnp.log(scale)
 
 
@@ -85,11 +94,12 @@ class RationalQuadraticSpline:
 
     def _knots(self, params):
         k, b = self.knots, self.bound
-        w = jax.nn.softmax(params[..., :k], axis=-1)
+        raw_w, raw_h, raw_d = _columns(params, [k, 2 * k])
+        w = jax.nn.softmax(raw_w, axis=-1)
         w = self.min_width + (1 - self.min_width * k) * w
-        h = jax.nn.softmax(params[..., k : 2 * k], axis=-1)
+        h = jax.nn.softmax(raw_h, axis=-1)
         h = self.min_height + (1 - self.min_height * k) * h
-        d = _positive(params[..., 2 * k :], self.min_derivative)
+        d = _positive(raw_d, self.min_derivative)
         ones = jnp.ones(d.shape[:-1] + (1,), d.dtype)
         d = jnp.concatenate([ones, d, ones], axis=-1)
         zero = jnp.zeros(w.shape[:-1] + (1,), w.dtype)
