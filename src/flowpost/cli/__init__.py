@@ -25,7 +25,7 @@ console = Console()
 @app.command()
 def targets():
     """List the built-in targets (toy densities, German credit, posteriordb posteriors)."""
-    from .vi import targets as T
+    from ..vi import targets as T
 
     table = Table(title="built-in targets (`flowpost fit NAME`)")
     table.add_column("name")
@@ -57,7 +57,7 @@ def fit(
     import numpy as np
 
     import flowpost as fp
-    from .vi import plots
+    from ..vi import plots
 
     try:
         t = fp.targets.get(target)
