@@ -9,3 +9,12 @@ from .vi import FitResult, Target, fit, load, targets
 
 __version__ = "0.1.0"
 __all__ = ["flows", "vi", "targets", "Target", "fit", "load", "FitResult"]
+
+
+def __getattr__(name):
+    # fp.bnn and fp.vae are imported on first use (they are applications, not the core).
+    if name in ("bnn", "vae"):
+        import importlib
+
+        return importlib.import_module(f".experiments.{name}", __name__)
+    raise AttributeError(f"module 'flowpost' has no attribute {name!r}")
