@@ -1,0 +1,160 @@
+"""Training runs on disk: the configuration, checkpoints, loading, and evaluation.
+
+A run folder holds
+
+    checkpoint.eqx   latest epoch: model, Adam state, PRNG key, counters (for resuming)
+    best.eqx         the model with the best validation -ELBO so far
+    history.json     per-epoch train loss, validation -ELBO, beta, seconds
+    summary.json     end-of-training summary (written by :func:`~.train.train`)
+    samples.png, reconstructions.png
+    eval.json        test ``neg_elbo`` and ``nll`` in nats per image (:func:`evaluate_run`)
+
+Each ``.eqx`` file is one JSON line of metadata (format, config, epoch, best so far,
+history) followed by :func:`equinox.tree_serialise_leaves` bytes, written to a temporary
+file and renamed into place (atomic: a crash never leaves half a checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from . import data as vdata
+from . import evaluate
+from .model import VAEConfig, make_vae
+from .objectives import OBJECTIVES
+
+FORMAT = "flowpost-vae/1"
+CHECKPOINT, BEST = "checkpoint.eqx", "best.eqx"
+
+
+def _positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training run. Defaults are the Sylvester-flow paper's protocol (van den Berg et al.
+    2018): batch 100, Adam 5e-4, KL warm-up over 100 epochs, up to 2000 epochs with early
+    stopping after 100 epochs without improvement of the validation -ELBO."""
+
+    model: VAEConfig = VAEConfig()
+    dataset: str = "mnist"
+    objective: str = "elbo"
+    k: int = 1  # importance samples of the IWAE bound
+    epochs: int = 2000
+    batch_size: int = 100
+    learning_rate: float = 5e-4
+    warmup: int = 100  # epochs of KL warm-up (0: none)
+    patience: int = 100
+    seed: int = 0
+    limit: int | None = None  # first `limit` images of each split (quick runs)
+
+    def __post_init__(self):
+        if not isinstance(self.model, VAEConfig):
+            raise TypeError(f"`model` must be a VAEConfig, got {type(self.model).__name__}")
+        if self.dataset not in vdata.DATASETS:
+            raise ValueError(f"`dataset` must be one of {vdata.DATASETS}, got {self.dataset!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {self.objective!r}")
+        for name in ("k", "epochs", "batch_size", "patience"):
+            _positive_int(name, getattr(self, name))
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"`warmup` must be a non-negative integer, got {self.warmup!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and np.isfinite(self.learning_rate)
+                and self.learning_rate > 0):
+            raise ValueError(f"`learning_rate` must be a positive number, got {self.learning_rate!r}")
+        if self.limit is not None:
+            _positive_int("limit", self.limit)
+        if self.objective == "elbo" and self.k != 1:
+            raise ValueError("`k` (importance samples) applies to objective='iwae'; the ELBO uses one draw")
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "model": self.model.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**{**d, "model": VAEConfig.from_dict(d["model"])})
+
+
+def write(path: pathlib.Path, meta: dict, tree) -> None:
+    """Atomically write ``meta`` (JSON) and ``tree``'s arrays to ``path``."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(json.dumps({"format": FORMAT, **meta}).encode() + b"\n")
+        eqx.tree_serialise_leaves(f, tree)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_meta(path) -> dict:
+    """The JSON metadata line of a checkpoint file."""
+    path = pathlib.Path(path)
+    try:
+        with open(path, "rb") as f:
+            meta = json.loads(f.readline())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a flowpost VAE checkpoint ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a flowpost VAE checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r})")
+    return meta
+
+
+def check_architecture(path, meta: dict, config: TrainConfig) -> None:
+    """Raise ValueError if the checkpoint at ``path`` was made for another architecture or data set."""
+    saved = TrainConfig.from_dict(meta["config"])
+    diff = {f.name: (getattr(saved.model, f.name), getattr(config.model, f.name))
+            for f in dataclasses.fields(VAEConfig) if getattr(saved.model, f.name) != getattr(config.model, f.name)}
+    if saved.dataset != config.dataset:
+        diff["dataset"] = (saved.dataset, config.dataset)
+    if diff:
+        what = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{path}: the checkpoint is of another architecture ({what}). Use another --out "
+                         "folder, or the run's own settings to resume it.")
+
+
+def read(path, like):
+    """The arrays of a checkpoint, in the structure of ``like``."""
+    path = pathlib.Path(path)
+    with open(path, "rb") as f:
+        f.readline()
+        try:
+            return eqx.tree_deserialise_leaves(f, like)
+        except Exception as e:  # noqa: BLE001  (shape/dtype mismatch or truncation, re-raised clearly)
+            raise ValueError(f"{path}: the checkpoint does not match the model's architecture or is "
+                             f"truncated ({type(e).__name__}: {e})") from e
+
+
+def load(run):
+    """``(model, config, meta)``: the best model of a run folder (``best.eqx``)."""
+    run = pathlib.Path(run)
+    path = run / BEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: no {BEST} (is it a `flowpost vae train` output folder?)")
+    meta = read_meta(path)
+    config = TrainConfig.from_dict(meta["config"])
+    return read(path, make_vae(config.model, jax.random.key(0))), config, meta
+
+
+def evaluate_run(run, samples: int = 5000, key=None, limit: int | None = None, progress: bool = False) -> dict:
+    """Test ``neg_elbo`` and ``nll`` (nats per image) of a run's best model; writes
+    ``run/eval.json`` and returns its content."""
+    run = pathlib.Path(run)
+    model, config, meta = load(run)
+    d = vdata.load(config.dataset, limit=config.limit)
+    x = d.test if limit is None else d.test[:limit]
+    key = jax.random.key(config.seed + 1) if key is None else key
+    result = evaluate.evaluate(model, x, key, samples=samples, progress=progress)
+    result.update(flow=config.model.flow, arch=config.model.arch, dataset=config.dataset,
+                  epoch=meta.get("epoch"), split="test")
+    (run / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
