@@ -1,0 +1,356 @@
+"""A posterior over a neural network's weights: network + likelihood + prior.
+
+    model = fp.bnn.model(net, likelihood="gaussian", prior=1.0)      # an Equinox module
+    model = fp.bnn.model(apply, params=params, ...)                  # Flax-style apply(params, x)
+    target = model.target(x, y)                                      # a flowpost.Target
+
+The variational parameters live on one flat vector ``theta (dim,)``::
+
+    theta = [ weights (n_weights,) | likelihood extras | prior extras ]
+
+``weights`` is ``jax.flatten_util.ravel_pytree`` of the network's inexact-array leaves;
+the extras are unconstrained hyper-parameters with their own priors: the log precision
+of a learned Gaussian noise (Gamma prior on the precision, as in probabilistic
+backpropagation, Hernandez-Lobato & Adams 2015) and, with a hierarchical prior, one log
+precision per layer (Gamma hyper-prior; MacKay 1992, Neal 1996).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ...vi.target import Target
+
+Array = jax.Array
+LIKELIHOODS = ("gaussian", "bernoulli", "categorical")
+
+
+def _gamma_log_prior_of_log(u, a, b):
+    """log density of ``u = log(tau)`` when ``tau ~ Gamma(a, b)`` (rate ``b``), Jacobian included."""
+    return a * math.log(b) - math.lgamma(a) + a * u - b * jnp.exp(u)
+
+
+# --------------------------------------------------------------------------- likelihoods
+@dataclasses.dataclass(frozen=True)
+class Gaussian:
+    """``y ~ N(f(x), sigma^2)``. ``noise=None``: ``sigma`` is learned, its precision
+    ``1/sigma^2 ~ Gamma(a, b)`` (``precision_prior=(a, b)``; PBP's default (6, 6)).
+    The network's per-example output has shape ``()`` or ``(1,)``."""
+
+    noise: float | None = None
+    precision_prior: tuple[float, float] = (6.0, 6.0)
+
+    @property
+    def n_extra(self) -> int:
+        return 0 if self.noise is not None else 1
+
+    def log_noise_precision(self, extra):
+        return -2.0 * math.log(self.noise) if self.noise is not None else extra[0]
+
+    def log_prob(self, out, y, extra):
+        """``out (B, 1) or (B,)``, ``y (B,)`` -> ``(B,)``."""
+        f = out.reshape(y.shape)
+        lt = self.log_noise_precision(extra)
+        return 0.5 * lt - 0.5 * math.log(2 * math.pi) - 0.5 * jnp.exp(lt) * (y - f) ** 2
+
+    def log_prior_extra(self, extra):
+        return 0.0 if self.noise is not None else _gamma_log_prior_of_log(extra[0], *self.precision_prior)
+
+    def init_extra(self):
+        return jnp.zeros((self.n_extra,))
+
+    def check(self, out_shape, y):
+        if out_shape not in ((), (1,)):
+            raise ValueError(f"bnn: a Gaussian likelihood needs one output per example (shape () or (1,)), "
+                             f"the network returns shape {out_shape}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bernoulli:
+    """``y ~ Bernoulli(sigmoid(f(x)))``, labels in {0, 1}; output shape ``()`` or ``(1,)`` (a logit)."""
+
+    n_extra = 0
+
+    def log_prob(self, out, y, extra):
+        f = out.reshape(y.shape)
+        return y * jax.nn.log_sigmoid(f) + (1 - y) * jax.nn.log_sigmoid(-f)
+
+    def log_prior_extra(self, extra):
+        return 0.0
+
+    def init_extra(self):
+        return jnp.zeros((0,))
+
+    def check(self, out_shape, y):
+        if out_shape not in ((), (1,)):
+            raise ValueError(f"bnn: a Bernoulli likelihood needs one logit per example (shape () or (1,)), "
+                             f"the network returns shape {out_shape}")
+        bad = ~np.isin(y, (0, 1))
+        if bad.any():
+            raise ValueError(f"bnn: Bernoulli labels `y` must be 0 or 1; found {np.unique(y[bad])[:5].tolist()}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Categorical:
+    """``y ~ Categorical(softmax(f(x)))``, integer labels in ``[0, K)``; output shape ``(K,)``."""
+
+    n_extra = 0
+
+    def log_prob(self, out, y, extra):
+        logp = jax.nn.log_softmax(out, axis=-1)
+        return jnp.take_along_axis(logp, y.astype(jnp.int32)[:, None], axis=-1)[:, 0]
+
+    def log_prior_extra(self, extra):
+        return 0.0
+
+    def init_extra(self):
+        return jnp.zeros((0,))
+
+    def check(self, out_shape, y):
+        if len(out_shape) != 1 or out_shape[0] < 2:
+            raise ValueError(f"bnn: a categorical likelihood needs K >= 2 logits per example (shape (K,)), "
+                             f"the network returns shape {out_shape}")
+        k = out_shape[0]
+        if not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0 or y.max() >= k:
+            raise ValueError(f"bnn: categorical labels `y` must be integers in [0, {k}) (the network has {k} "
+                             f"outputs); found values in [{y.min()}, {y.max()}]")
+
+
+def make_likelihood(name: str | Any, noise: float | None = None):
+    """A likelihood by name: ``"gaussian"`` (``noise=None`` learns it), ``"bernoulli"``, ``"categorical"``."""
+    if not isinstance(name, str):
+        if not all(hasattr(name, a) for a in ("log_prob", "n_extra", "check")):
+            raise TypeError(f"bnn: `likelihood` must be one of {LIKELIHOODS} or a likelihood object, got {name!r}")
+        return name
+    if name == "gaussian":
+        if noise is not None and not (isinstance(noise, (int, float)) and noise > 0):
+            raise ValueError(f"bnn: `noise` must be a positive number or None (learned), got {noise!r}")
+        return Gaussian(None if noise is None else float(noise))
+    if name == "bernoulli":
+        return Bernoulli()
+    if name == "categorical":
+        return Categorical()
+    raise ValueError(f"bnn: `likelihood` must be one of {LIKELIHOODS}, got {name!r}")
+
+
+# --------------------------------------------------------------------------- prior
+@dataclasses.dataclass(frozen=True)
+class GaussianPrior:
+    """``w ~ N(0, scale^2)`` independently; ``hierarchical=True``: one precision per layer
+    (per parameter array) ``lambda_l ~ Gamma(a, b)`` (``precision_prior``), learned with the
+    weights (its log is an extra coordinate of ``theta``)."""
+
+    scale: float = 1.0
+    hierarchical: bool = False
+    precision_prior: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self):
+        if not (isinstance(self.scale, (int, float)) and self.scale > 0):
+            raise ValueError(f"bnn: prior `scale` must be a positive number, got {self.scale!r}")
+
+
+# --------------------------------------------------------------------------- the model
+@dataclasses.dataclass(frozen=True, eq=False)
+class BNN:
+    """A Bayesian neural network on a flat parameter vector (built by :func:`model`).
+
+    Attributes:
+        forward: ``(weights (n_weights,), x (B, *in)) -> out (B, *out)``.
+        init_weights: the network's own initial weights, flat ``(n_weights,)``.
+        unravel: flat weights -> the network's parameter pytree.
+        segments: ``(n_weights,)`` int, which parameter array (layer) each weight belongs to.
+        likelihood, prior: as given.
+    """
+
+    forward: Callable
+    init_weights: Array
+    unravel: Callable
+    segments: np.ndarray
+    segment_names: tuple[str, ...]
+    likelihood: Any
+    prior: GaussianPrior
+
+    @property
+    def n_weights(self) -> int:
+        return int(self.init_weights.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.segment_names)
+
+    @property
+    def n_extra(self) -> int:
+        return self.likelihood.n_extra + (self.n_layers if self.prior.hierarchical else 0)
+
+    @property
+    def dim(self) -> int:
+        """Length of ``theta``: weights, then likelihood and prior hyper-parameters."""
+        return self.n_weights + self.n_extra
+
+    def split(self, theta):
+        """``theta (dim,) -> (weights, likelihood extras, prior extras)``."""
+        nw, nl = self.n_weights, self.likelihood.n_extra
+        return theta[:nw], theta[nw:nw + nl], theta[nw + nl:]
+
+    def init_theta(self) -> Array:
+        """The network's initial weights, extras at their hyper-prior's centre."""
+        prior_extra = jnp.full((self.n_extra - self.likelihood.n_extra,), -2.0 * math.log(self.prior.scale))
+        return jnp.concatenate([self.init_weights, self.likelihood.init_extra(), prior_extra])
+
+    # -- densities -------------------------------------------------------------------
+    def log_prior(self, theta) -> Array:
+        """``log p(theta)`` (weights, noise and hyper-parameters), a scalar."""
+        w, lik_extra, prior_extra = self.split(theta)
+        p = self.prior
+        if p.hierarchical:
+            seg = jnp.asarray(self.segments)
+            sq = jax.ops.segment_sum(w**2, seg, num_segments=self.n_layers)
+            counts = jnp.asarray(np.bincount(self.segments, minlength=self.n_layers), w.dtype)
+            lw = jnp.sum(0.5 * counts * prior_extra - 0.5 * jnp.exp(prior_extra) * sq) \
+                - 0.5 * self.n_weights * math.log(2 * math.pi)
+            lw = lw + jnp.sum(_gamma_log_prior_of_log(prior_extra, *p.precision_prior))
+        else:
+            lw = -0.5 * jnp.sum(w**2) / p.scale**2 - self.n_weights * (math.log(p.scale) + 0.5 * math.log(2 * math.pi))
+        return lw + self.likelihood.log_prior_extra(lik_extra)
+
+    def log_likelihood_terms(self, theta, x, y) -> Array:
+        """Per-example ``log p(y_i | x_i, theta)``, shape ``(B,)``."""
+        w, lik_extra, _ = self.split(theta)
+        return self.likelihood.log_prob(self.forward(w, x), y, lik_extra)
+
+    def log_likelihood(self, theta, x, y) -> Array:
+        """``sum_i log p(y_i | x_i, theta)`` over the batch, a scalar."""
+        return jnp.sum(self.log_likelihood_terms(theta, x, y))
+
+    def log_joint(self, theta, x, y, scale=1.0) -> Array:
+        """``log p(theta) + scale * log p(y | x, theta)``; ``scale = N / B`` makes a
+        minibatch of ``B`` of ``N`` examples an unbiased estimate of the full log joint."""
+        return self.log_prior(theta) + scale * self.log_likelihood(theta, x, y)
+
+    def log_likelihood_samples(self, thetas, x, y) -> Array:
+        """``thetas (S, dim)`` -> per-example log-likelihoods ``(S, B)`` (vmap over samples)."""
+        return jax.vmap(self.log_likelihood_terms, in_axes=(0, None, None))(thetas, x, y)
+
+    def outputs(self, thetas, x) -> Array:
+        """Network outputs for each weight sample: ``(S, dim), (B, *in) -> (S, B, *out)``."""
+        return jax.vmap(lambda t: self.forward(self.split(t)[0], x))(thetas)
+
+    # -- checks and targets ----------------------------------------------------------
+    def check_data(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Validate ``x (N, *in)`` and ``y (N,)`` against the network and likelihood
+        (finite values, equal lengths, output shape, label range); returns float32/int arrays.
+        Raises ValueError naming the problem, before anything is compiled."""
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise ValueError(f"bnn: `x` must be an array of shape (N, ...) with N >= 1, got shape {x.shape}")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise ValueError(f"bnn: `y` must have shape (N,), got {y.shape}")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"bnn: `x` and `y` must have the same length, got {x.shape[0]} and {y.shape[0]}")
+        for name, a in (("x", x), ("y", y)):
+            if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
+                raise TypeError(f"bnn: `{name}` must be numeric, got dtype {a.dtype}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"bnn: `{name}` holds {int(np.sum(~np.isfinite(a)))} non-finite value(s) (NaN or inf)")
+        try:
+            out = jax.eval_shape(self.forward, jax.ShapeDtypeStruct((self.n_weights,), jnp.float32),
+                                 jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32))
+        except Exception as e:  # noqa: BLE001  (re-raised with context)
+            raise ValueError(f"bnn: the network failed on inputs of shape (1, {', '.join(map(str, x.shape[1:]))}): {e}") from e
+        self.likelihood.check(tuple(out.shape[1:]), y)
+        y = y.astype(np.int32) if isinstance(self.likelihood, Categorical) else y.astype(np.float32)
+        return x.astype(np.float32), y
+
+    def target(self, x, y, name: str = "bnn") -> Target:
+        """The full-batch posterior ``p(theta | x, y)`` as a :class:`flowpost.Target`
+        (for :func:`flowpost.fit` on small data)."""
+        x, y = self.check_data(x, y)
+        x, y = jnp.asarray(x), jnp.asarray(y)
+
+        def constrain(theta):
+            w, lik_extra, prior_extra = self.split(theta)
+            out = {"weights": w}
+            if isinstance(self.likelihood, Gaussian) and self.likelihood.noise is None:
+                out["noise"] = jnp.exp(-0.5 * lik_extra[0])
+            if self.prior.hierarchical:
+                out["prior_scale"] = jnp.exp(-0.5 * prior_extra)
+            return out
+
+        return Target(lambda t: self.log_joint(t, x, y), self.dim, constrain=constrain, name=name)
+
+
+def _leaf_names(tree) -> list[str]:
+    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [jax.tree_util.keystr(p) or "params" for p, _ in paths]
+
+
+def model(network, likelihood: str | Any = "gaussian", prior: float | GaussianPrior = 1.0, *,
+          params=None, batched: bool | None = None, noise: float | None = None) -> BNN:
+    """Turn a network into a Bayesian model over its flattened weights.
+
+    Args:
+        network: an Equinox module called on ONE example (``net(x_i) -> out_i``; its
+            inexact-array leaves are the weights), or a function ``apply(params, x)``
+            with ``params`` given (Flax style).
+        likelihood: ``"gaussian"`` (learned noise unless ``noise=`` is given),
+            ``"bernoulli"``, ``"categorical"``, or a likelihood object.
+        prior: the prior's standard deviation (a float), or a :class:`GaussianPrior`
+            (``hierarchical=True`` for per-layer learned scales).
+        params: the parameter pytree of an ``apply`` function.
+        batched: whether ``apply`` takes a batch ``(B, *in)`` (default: True for an
+            ``apply`` function, False for an Equinox module, which is vmapped).
+        noise: a fixed Gaussian noise standard deviation.
+
+    Returns:
+        :class:`BNN`.
+    """
+    lik = make_likelihood(likelihood, noise)
+    if isinstance(prior, (int, float)) and not isinstance(prior, bool):
+        prior = GaussianPrior(float(prior))
+    if not isinstance(prior, GaussianPrior):
+        raise TypeError(f"bnn: `prior` must be a positive float (the scale) or a GaussianPrior, got {prior!r}")
+    if isinstance(network, eqx.Module) and params is None:
+        tree, static = eqx.partition(network, eqx.is_inexact_array)
+        call = lambda p, x: eqx.combine(p, static)(x)  # noqa: E731
+        batched = False if batched is None else batched
+    elif callable(network):
+        if params is None:
+            raise TypeError("bnn: a plain function `network` is an apply(params, x); pass its `params=` pytree")
+        tree, static = eqx.partition(params, eqx.is_inexact_array)
+        call = lambda p, x: network(eqx.combine(p, static), x)  # noqa: E731
+        batched = True if batched is None else batched
+    else:
+        raise TypeError(f"bnn: `network` must be an Equinox module or an apply(params, x) function, got {type(network).__name__}")
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError("bnn: the network has no inexact (floating-point) parameter arrays")
+    flat, unravel = ravel_pytree(tree)
+    flat = flat.astype(jnp.float32)
+    segments = np.repeat(np.arange(len(leaves)), [int(np.prod(l.shape)) for l in leaves])
+
+    def forward(w, x):
+        p = unravel(w)
+        return call(p, x) if batched else jax.vmap(lambda xi: call(p, xi))(x)
+
+    return BNN(forward, flat, unravel, segments, tuple(_leaf_names(tree)), lik, prior)
+
+
+def mlp(key, n_in: int, n_out: int = 1, hidden=(50,), activation=jax.nn.relu) -> eqx.nn.MLP:
+    """An Equinox MLP with the given hidden widths (the UCI benchmark uses one layer of 50)."""
+    hidden = tuple(hidden)
+    if not hidden:
+        return eqx.nn.MLP(n_in, n_out, 0, 0, key=key)
+    if len(set(hidden)) != 1:
+        raise ValueError(f"bnn.mlp: hidden widths must be equal (Equinox MLP), got {hidden}")
+    return eqx.nn.MLP(n_in, n_out, hidden[0], len(hidden), activation=activation, key=key)

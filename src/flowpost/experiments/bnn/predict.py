@@ -1,0 +1,138 @@
+"""Posterior predictive summaries from weight samples ``thetas (S, dim)``.
+
+Regression (Gaussian likelihood): the predictive is the mixture
+``(1/S) sum_s N(f_s(x), sigma_s^2)``; its mean, variance (law of total variance) and the
+test log-likelihood ``mean_i log (1/S) sum_s N(y_i | f_s(x_i), sigma_s^2)`` (logsumexp over
+samples), all in the target's original units when ``y_mean, y_std`` are given (the model
+was fitted to ``(y - y_mean) / y_std``; the log-likelihood then shifts by ``-log y_std``).
+
+Classification: predictive probabilities ``(1/S) sum_s softmax(f_s(x))``, accuracy,
+test log-likelihood, and the expected calibration error (Guo et al. 2017) with a
+reliability diagram.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .model import BNN, Bernoulli, Categorical, Gaussian
+
+
+def regression(model: BNN, thetas, x, y=None, y_mean: float = 0.0, y_std: float = 1.0) -> dict:
+    """Predictive ``mean``, ``var``, ``sd`` (B,); with ``y``: ``rmse``, ``test_ll`` (per point mean)
+    and ``log_lik`` (B,), in original units."""
+    if not isinstance(model.likelihood, Gaussian):
+        raise ValueError("bnn.predict.regression: the model's likelihood is not Gaussian")
+    thetas = jnp.asarray(thetas)
+    f = model.outputs(thetas, jnp.asarray(x, jnp.float32)).reshape(thetas.shape[0], -1)  # (S, B)
+    lt = jax.vmap(lambda t: model.likelihood.log_noise_precision(model.split(t)[1]))(thetas)  # (S,)
+    noise_var = jnp.exp(-lt)[:, None] * jnp.ones_like(f)
+    mean = jnp.mean(f, 0)
+    var = jnp.mean(noise_var + f**2, 0) - mean**2
+    out = {"mean": np.asarray(mean * y_std + y_mean), "var": np.asarray(var * y_std**2)}
+    out["sd"] = np.sqrt(out["var"])
+    if y is not None:
+        y = jnp.asarray(y, jnp.float32).reshape(-1)
+        ys = (y - y_mean) / y_std
+        lp = -0.5 * (math.log(2 * math.pi) + jnp.log(noise_var) + (ys - f) ** 2 / noise_var)  # (S, B)
+        ll = jax.nn.logsumexp(lp, axis=0) - math.log(thetas.shape[0]) - math.log(y_std)
+        out["log_lik"] = np.asarray(ll)
+        out["test_ll"] = float(jnp.mean(ll))
+        out["rmse"] = float(jnp.sqrt(jnp.mean((mean * y_std + y_mean - y) ** 2)))
+    return out
+
+
+def probabilities(model: BNN, thetas, x) -> np.ndarray:
+    """Predictive class probabilities ``(B, K)`` (``K = 2`` for a Bernoulli likelihood)."""
+    out = model.outputs(jnp.asarray(thetas), jnp.asarray(x, jnp.float32))
+    if isinstance(model.likelihood, Bernoulli):
+        p1 = jax.nn.sigmoid(out.reshape(out.shape[0], -1))
+        probs = jnp.stack([1 - p1, p1], -1)
+    elif isinstance(model.likelihood, Categorical):
+        probs = jax.nn.softmax(out, -1)
+    else:
+        raise ValueError("bnn.predict.probabilities: the model's likelihood is not Bernoulli or categorical")
+    return np.asarray(jnp.mean(probs, 0))
+
+
+def ece(probs, y, bins: int = 10) -> float:
+    """Expected calibration error: ``sum_b (n_b / n) |accuracy_b - confidence_b|`` over
+    equal-width confidence bins (Naeini et al. 2015; Guo et al. 2017)."""
+    conf, acc, counts = reliability(probs, y, bins)
+    return float(np.sum(counts * np.abs(acc - conf)) / max(np.sum(counts), 1))
+
+
+def reliability(probs, y, bins: int = 10):
+    """Per confidence bin: mean confidence, accuracy, count (empty bins: NaN, NaN, 0)."""
+    probs, y = np.asarray(probs), np.asarray(y).astype(int)
+    conf = probs.max(-1)
+    correct = probs.argmax(-1) == y
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    counts = np.bincount(which, minlength=bins).astype(float)
+    with np.errstate(invalid="ignore"):
+        c = np.bincount(which, conf, bins) / counts
+        a = np.bincount(which, correct.astype(float), bins) / counts
+    return c, a, counts
+
+
+def classification(model: BNN, thetas, x, y=None, bins: int = 10) -> dict:
+    """``probs (B, K)``; with ``y``: ``accuracy``, ``test_ll`` (mean log predictive prob), ``ece``."""
+    probs = probabilities(model, thetas, x)
+    out = {"probs": probs}
+    if y is not None:
+        y = np.asarray(y).astype(int)
+        out["accuracy"] = float(np.mean(probs.argmax(-1) == y))
+        out["test_ll"] = float(np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
+        out["ece"] = ece(probs, y, bins)
+    return out
+
+
+def reliability_plot(probs, y, path, bins: int = 10, title: str = "reliability") -> None:
+    """Reliability diagram (accuracy vs confidence per bin) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conf, acc, counts = reliability(probs, y, bins)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ok = counts > 0
+    centres = (np.arange(bins) + 0.5) / bins
+    ax.bar(centres[ok], acc[ok], width=1 / bins, edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set(xlabel="confidence", ylabel="accuracy", title=f"{title} (ECE {ece(probs, y, bins):.3f})", xlim=(0, 1),
+           ylim=(0, 1))
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def regression_plot(mean, sd, y, path, title: str = "predictive") -> None:
+    """Two panels: predicted vs observed with +-2 sd bars, and the calibration of central
+    predictive intervals (observed coverage vs nominal level, Gaussian approximation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
+    mean, sd, y = (np.asarray(a).reshape(-1) for a in (mean, sd, y))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 4))
+    a1.errorbar(y, mean, yerr=2 * sd, fmt=".", alpha=0.5, ms=3)
+    lo, hi = min(y.min(), mean.min()), max(y.max(), mean.max())
+    a1.plot([lo, hi], [lo, hi], "k--", lw=1)
+    a1.set(xlabel="observed", ylabel="predicted (±2 sd)", title=title)
+    levels = np.linspace(0.05, 0.95, 19)
+    z = np.abs(y - mean) / sd
+    cover = [np.mean(z <= norm.ppf(0.5 + p / 2)) for p in levels]
+    a2.plot(levels, cover, "o-", ms=3)
+    a2.plot([0, 1], [0, 1], "k--", lw=1)
+    a2.set(xlabel="nominal central interval", ylabel="observed coverage", title="interval calibration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

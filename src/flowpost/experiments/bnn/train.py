@@ -1,0 +1,184 @@
+"""Mini-batch variational inference for Bayesian neural networks.
+
+The unbiased minibatch ELBO (Hoffman et al. 2013; Blundell et al. 2015): for a batch
+``B`` of ``|B|`` of the ``N`` examples,
+
+    log p(theta) + (N / |B|) sum_{i in B} log p(y_i | x_i, theta) - log q(theta)
+
+has expectation (over the batch) equal to the full-batch ``log p(theta, D) - log q(theta)``.
+One epoch visits ``floor(N / |B|)`` batches of a fresh random permutation (every batch is
+a uniformly random subset, so each is unbiased); an epoch is one ``lax.scan`` over the
+batches, and the optimisation step is :func:`flowpost.vi.make_step` (STL ELBO, NaN
+freeze) with the batch's log density. Several data sets of equal shape (the 20 UCI
+splits) train in ONE compiled program by ``vmap`` over a leading axis (:func:`fit_many`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ...vi import objectives
+from ...vi.fit import FitState, Trace, _as_key, _Progress, default_optimizer, make_step
+from . import families
+from .model import BNN
+
+
+def minibatch_log_joint(model: BNN, x, y, n_total: int):
+    """``thetas (S, dim) -> (S,)``: the unbiased minibatch estimate of ``log p(theta, D)``
+    from the batch ``(x, y)`` of a data set of ``n_total`` examples."""
+    scale = n_total / x.shape[0]
+    return jax.vmap(lambda t: model.log_joint(t, x, y, scale))
+
+
+@dataclasses.dataclass
+class BNNResult:
+    """A fitted weight posterior.
+
+    Attributes:
+        q: the variational family (a :class:`flowpost.flows.Flow` over ``theta``).
+        model: the :class:`~flowpost.experiments.bnn.model.BNN`.
+        trace: per-epoch means of ``loss``, ``elbo``, ``grad_norm`` (arrays ``(epochs,)``).
+        epochs: epochs completed; ``message``: how the run ended; ``seconds``: wall time
+            (of the whole :func:`fit_many` call when several data sets trained together).
+    """
+
+    q: Any
+    model: BNN
+    trace: Trace
+    epochs: int
+    message: str
+    seconds: float
+    family: str
+
+    def sample(self, key, n: int) -> jax.Array:
+        """``n`` weight vectors ``theta (n, dim)``."""
+        return self.q.sample(_as_key(key), n)
+
+    def fit_result(self, x, y):
+        """A :class:`flowpost.vi.FitResult` over the full-batch target (for diagnostics,
+        PSIS, ArviZ); ``x, y`` the training data."""
+        from ...vi.result import FitResult
+
+        return FitResult(q=self.q, target=self.model.target(x, y), trace=self.trace, steps=self.epochs,
+                         message=self.message, seconds=self.seconds, family=self.family)
+
+
+def _check_positive(**kw):
+    for name, v in kw.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"bnn.fit: `{name}` must be a positive integer, got {v!r}")
+
+
+def fit(model: BNN, x, y, family="meanfield", **kwargs) -> BNNResult:
+    """Fit a variational posterior over ``model``'s weights to ``(x (N, *in), y (N,))``.
+
+    Keyword arguments are those of :func:`fit_many` (epochs, batch_size, num_samples,
+    learning_rate, optimizer, key, family_options, chunk, progress)."""
+    x, y = model.check_data(x, y)
+    return fit_many(model, x[None], y[None], family, **kwargs)[0]
+
+
+def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch_size: int = 32,
+             num_samples: int = 4, learning_rate: float = 1e-3, optimizer: optax.GradientTransformation | None = None,
+             key=None, family_options: dict | None = None, chunk: int | None = None, progress: bool = True,
+             label: str = "bnn") -> list[BNNResult]:
+    """Fit independent posteriors to ``P`` data sets of equal shape in one compiled program.
+
+    Args:
+        model: the Bayesian network.
+        xs, ys: ``(P, N, *in)`` and ``(P, N)`` (e.g. the train parts of the UCI splits).
+        family: a name of :data:`families.FAMILIES` or a :class:`flowpost.flows.Flow`.
+        epochs: passes over the data; ``batch_size``: examples per step (``N`` if larger).
+        num_samples: weight draws per step (the ELBO's Monte Carlo size).
+        learning_rate: peak rate of :func:`flowpost.vi.default_optimizer` (Adam, cosine).
+        key: PRNG key (required). Data set ``p`` uses ``fold_in(key, p)``.
+        family_options: keyword arguments of :func:`families.make` (rank, block, ...).
+        chunk: epochs per compiled call (progress granularity; default ~1/50 of the run).
+        progress: show a rich progress bar.
+
+    Returns:
+        one :class:`BNNResult` per data set. A non-finite loss freezes that data set's state
+        at its last finite step; Ctrl-C returns what was trained so far.
+    """
+    key = _as_key(key)
+    _check_positive(epochs=epochs, batch_size=batch_size, num_samples=num_samples)
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    if xs.ndim < 2 or ys.ndim != 2 or xs.shape[:2] != ys.shape:
+        raise ValueError(f"bnn.fit_many: expected xs (P, N, ...) and ys (P, N), got {xs.shape} and {ys.shape}")
+    checked = [model.check_data(xs[p], ys[p]) for p in range(xs.shape[0])]  # before anything compiles
+    xs, ys = jnp.asarray(np.stack([c[0] for c in checked])), jnp.asarray(np.stack([c[1] for c in checked]))
+    n_sets, n = xs.shape[:2]
+    batch = min(batch_size, n)
+    n_batches = n // batch
+    total_steps = epochs * n_batches
+    k_fam, k_run = jax.random.split(key)
+    q = families.make(family, model, key=k_fam, **(family_options or {}))
+    optimizer = optimizer or default_optimizer(total_steps, learning_rate)
+    params, static = eqx.partition(q, eqx.is_inexact_array)
+    obj = objectives.get("elbo")
+
+    def init_state(k):
+        return FitState(params, optimizer.init(params), k, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+
+    states = jax.vmap(init_state)(jax.vmap(lambda p: jax.random.fold_in(k_run, p))(jnp.arange(n_sets)))
+
+    def epoch(state, x, y):
+        k_perm, k_rest = jax.random.split(state.key)
+        idx = jax.random.permutation(k_perm, n)[: n_batches * batch].reshape(n_batches, batch)
+
+        def one_batch(st, i):
+            step = make_step(static, obj, minibatch_log_joint(model, x[i], y[i], n), optimizer, num_samples)
+            return step(st, None)
+
+        state, tr = jax.lax.scan(one_batch, state._replace(key=k_rest), idx)
+        return state, jax.tree.map(jnp.mean, tr)
+
+    @eqx.filter_jit
+    def run(states, xs, ys, length):
+        def one(state, x, y):
+            return jax.lax.scan(lambda s, _: epoch(s, x, y), state, None, length=length)
+        return jax.vmap(one)(states, xs, ys)
+
+    chunk = chunk or max(1, epochs // 50)
+    traces, done, message = [], 0, "completed"
+    t0 = time.perf_counter()
+    bar = _Progress(epochs, f"{label} ({family if isinstance(family, str) else 'custom'}, {n_sets} set(s))",
+                    enabled=progress)
+    try:
+        with bar:
+            while done < epochs:
+                m = min(chunk, epochs - done)
+                states, tr = run(states, xs, ys, m)
+                traces.append(jax.tree.map(np.asarray, tr))
+                done += m
+                bar.update(done, float(np.mean(traces[-1].elbo[:, -1])))
+                if np.all(np.asarray(states.failed_at) >= 0):
+                    break
+    except KeyboardInterrupt:
+        message = f"interrupted by the user after {done} epochs; the trained state is kept"
+    seconds = time.perf_counter() - t0
+    trace = Trace(*(np.concatenate([getattr(t, f) for t in traces], axis=1) if traces
+                    else np.zeros((n_sets, 0)) for f in Trace._fields))
+    failed = np.asarray(states.failed_at)
+    results = []
+    for p in range(n_sets):
+        msg = message
+        if failed[p] >= 0:
+            msg = (f"stopped: the loss or its gradient was not finite at step {int(failed[p])}; kept the state "
+                   f"of the last finite step")
+            warnings.warn(f"bnn.fit: data set {p}: {msg}", RuntimeWarning, stacklevel=2)
+        qp = eqx.combine(jax.tree.map(lambda a: a[p], states.params), static)
+        results.append(BNNResult(qp, model, Trace(*(getattr(trace, f)[p] for f in Trace._fields)), done, msg,
+                                 seconds, family if isinstance(family, str) else "custom"))
+    if message.startswith("interrupted"):
+        warnings.warn(f"bnn.fit: {message}", RuntimeWarning, stacklevel=2)
+    return results
