@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .vae import app as vae_app
+
 warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 app = typer.Typer(
@@ -19,6 +21,7 @@ app = typer.Typer(
          "Start with `flowpost targets` to list the built-in posteriors, then "
          "`flowpost fit eight_schools --out runs/eight_schools`.",
     no_args_is_help=True, add_completion=False)
+app.add_typer(vae_app, name="vae")
 console = Console()
 
 
