@@ -65,7 +65,7 @@ from _common import block, machine_info, time_interleaved, write_json  # noqa: E
 
 import flowpost as fp  # noqa: E402
 from flowpost.vi import families, objectives  # noqa: E402
-from flowpost.vi.fit import FitState, default_optimizer, make_step  # noqa: E402
+from flowpost.vi.fit import FitState, default_optimizer, flat_params, make_step  # noqa: E402
 from flowpost.vi.init import laplace  # noqa: E402
 from flowpost.vi.result import compare  # noqa: E402
 from flowpost.vi.target import flatten_draws  # noqa: E402
@@ -201,13 +201,12 @@ class FlowpostRunner(Runner):
                  optimizer=None):
         self.library, self.flow, self.init_s = label, flow, init_s
         opt = optimizer or optax.adam(lr)
-        params, static = eqx.partition(q, eqx.is_inexact_array)
+        params, build = flat_params(q)
         self.params = _n_params(q)
-        self.state = FitState(params, opt.init(params), key, jnp.asarray(0), jnp.asarray(-1))
-        step = make_step(static, objectives.get(objective), jax.vmap(target.log_prob), opt, num_samples)
+        self.state = FitState(params, opt.init(params), key, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+        step = make_step(build, objectives.get(objective), jax.vmap(target.log_prob), opt, num_samples)
         self.chunk = jax.jit(lambda s: jax.lax.scan(step, s, None, length=every)[0])
-        self._static = static
-        self._draw = jax.jit(lambda p, k, n: eqx.combine(p, static).sample(k, n), static_argnums=2)
+        self._draw = jax.jit(lambda p, k, n: build(p).sample(k, n), static_argnums=2)
 
     def draws(self, state, key, n):
         return self._draw(state.params, key, n)
