@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .bnn import app as bnn_app
 from .vae import app as vae_app
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
@@ -22,6 +23,7 @@ app = typer.Typer(
          "`flowpost fit eight_schools --out runs/eight_schools`.",
     no_args_is_help=True, add_completion=False)
 app.add_typer(vae_app, name="vae")
+app.add_typer(bnn_app, name="bnn")
 console = Console()
 
 

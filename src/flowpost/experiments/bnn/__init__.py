@@ -15,10 +15,11 @@
 - :mod:`.experiment`: the UCI protocols end to end (what the CLI runs).
 """
 
-from . import families, predict, uci
+from . import experiment, families, predict, uci
+from .experiment import run_classification, run_uci
 from .families import FAMILIES
 from .model import BNN, Bernoulli, Categorical, Gaussian, GaussianPrior, make_likelihood, mlp, model
 from .train import BNNResult, fit, fit_many, minibatch_log_joint
 
 __all__ = ["model", "mlp", "BNN", "Gaussian", "Bernoulli", "Categorical", "GaussianPrior", "make_likelihood",
-           "fit", "fit_many", "BNNResult", "minibatch_log_joint", "families", "FAMILIES", "predict", "uci"]
+           "fit", "fit_many", "BNNResult", "minibatch_log_joint", "families", "FAMILIES", "predict", "uci", "experiment", "run_uci", "run_classification"]

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from ...vi import objectives
-from ...vi.fit import FitState, Trace, _as_key, _Progress, default_optimizer, make_step
+from ...vi.fit import FitState, Trace, _as_key, _Progress, default_optimizer, flat_params, make_step
 from . import families
 from .model import BNN
 
@@ -123,7 +123,7 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     k_fam, k_run = jax.random.split(key)
     q = families.make(family, model, key=k_fam, **(family_options or {}))
     optimizer = optimizer or default_optimizer(total_steps, learning_rate)
-    params, static = eqx.partition(q, eqx.is_inexact_array)
+    params, build = flat_params(q)
     obj = objectives.get("elbo")
 
     def init_state(k):
@@ -136,7 +136,7 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
         idx = jax.random.permutation(k_perm, n)[: n_batches * batch].reshape(n_batches, batch)
 
         def one_batch(st, i):
-            step = make_step(static, obj, minibatch_log_joint(model, x[i], y[i], n), optimizer, num_samples)
+            step = make_step(build, obj, minibatch_log_joint(model, x[i], y[i], n), optimizer, num_samples)
             return step(st, None)
 
         state, tr = jax.lax.scan(one_batch, state._replace(key=k_rest), idx)
@@ -176,7 +176,7 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
             msg = (f"stopped: the loss or its gradient was not finite at step {int(failed[p])}; kept the state "
                    f"of the last finite step")
             warnings.warn(f"bnn.fit: data set {p}: {msg}", RuntimeWarning, stacklevel=2)
-        qp = eqx.combine(jax.tree.map(lambda a: a[p], states.params), static)
+        qp = build(states.params[p])
         results.append(BNNResult(qp, model, Trace(*(getattr(trace, f)[p] for f in Trace._fields)), done, msg,
                                  seconds, family if isinstance(family, str) else "custom"))
     if message.startswith("interrupted"):
