@@ -224,6 +224,17 @@ def test_student_t_base_normalised(x64):
     np.testing.assert_allclose(flow.log_prob(x), lp, rtol=1e-9)
 
 
+@pytest.mark.parametrize("df", [3.0, 2.5])
+def test_student_t_base_samples_follow_the_t_law(df):
+    """Integer df (sum-of-squares chi^2) and non-integer df (gamma) both draw t(df)."""
+    from scipy import stats
+
+    x = np.asarray(F.StudentT(1, df=df).sample(jax.random.key(1), (100_000,)))[:, 0]
+    qs = np.array([0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
+    np.testing.assert_allclose(np.quantile(x, qs), stats.t(df).ppf(qs), atol=0.05 * df)
+    assert stats.kstest(x, stats.t(df).cdf).pvalue > 1e-3
+
+
 # ---------------------------------------------------------------- bad input
 def test_bad_input_messages():
     layer = F.Coupling(jax.random.key(0), DIM, F.Affine(), (8,))
