@@ -63,7 +63,8 @@ def ece(probs, y, bins: int = 10) -> float:
     """Expected calibration error: ``sum_b (n_b / n) |accuracy_b - confidence_b|`` over
     equal-width confidence bins (Naeini et al. 2015; Guo et al. 2017)."""
     conf, acc, counts = reliability(probs, y, bins)
-    return float(np.sum(counts * np.abs(acc - conf)) / max(np.sum(counts), 1))
+    ok = counts > 0
+    return float(np.sum(counts[ok] * np.abs(acc[ok] - conf[ok])) / max(np.sum(counts), 1))
 
 
 def reliability(probs, y, bins: int = 10):

@@ -1,0 +1,212 @@
+"""Bayesian neural networks: exactness on Bayesian linear regression, predictive
+uncertainty, the minibatch ELBO, the families' densities, input checks, UCI data, CLI."""
+
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flowpost as fp
+from flowpost.experiments.bnn import families, predict, uci
+
+
+def _linear_data(n=40, d=3, noise=0.5, seed=0):
+    rs = np.random.RandomState(seed)
+    x = rs.normal(size=(n, d)).astype(np.float32)
+    w = np.array([1.0, -2.0, 0.5], np.float32)[:d]
+    y = (x @ w + 0.3 + noise * rs.normal(size=n)).astype(np.float32)
+    return x, y
+
+
+def _exact_blr(x, y, noise, prior):
+    """Posterior of [W (d,), b] for y = W x + b + N(0, noise^2), N(0, prior^2) priors."""
+    phi = np.concatenate([x, np.ones((len(x), 1))], 1).astype(np.float64)
+    prec = phi.T @ phi / noise**2 + np.eye(phi.shape[1]) / prior**2
+    cov = np.linalg.inv(prec)
+    return cov @ phi.T @ y / noise**2, cov
+
+
+def test_blr_flow_posterior_matches_exact_gaussian():
+    x, y = _linear_data()
+    net = eqx.nn.Linear(3, 1, key=jax.random.key(0))  # weight (1, 3) then bias (1,): ravel order
+    model = fp.bnn.model(net, "gaussian", prior=1.0, noise=0.5)
+    mean, cov = _exact_blr(x, y, 0.5, 1.0)
+    result = fp.fit(model.target(x, y), family="flow", steps=800, key=jax.random.key(1), progress=False)
+    draws = np.asarray(result.q.sample(jax.random.key(2), 40000), np.float64)
+    sd = np.sqrt(np.diag(cov))
+    assert np.max(np.abs(draws.mean(0) - mean) / sd) < 0.03
+    assert np.max(np.abs(np.cov(draws.T) - cov)) / np.max(np.abs(cov)) < 0.03
+    assert np.max(np.abs(draws.std(0) / sd - 1)) < 0.03
+
+
+def test_apply_function_and_equinox_module_agree():
+    x, y = _linear_data(n=10)
+    net = eqx.nn.Linear(3, 1, key=jax.random.key(0))
+    params = {"w": net.weight, "b": net.bias}
+    m1 = fp.bnn.model(net, noise=0.5)
+    m2 = fp.bnn.model(lambda p, x: x @ p["w"].T + p["b"], params=params, noise=0.5)
+    theta = jax.random.normal(jax.random.key(3), (m1.dim,))
+    # ravel order: Equinox (weight, bias); dict keys sorted (b, w)
+    theta2 = jnp.concatenate([theta[3:], theta[:3]])
+    assert np.allclose(m1.log_joint(theta, x, y), m2.log_joint(theta2, x, y), rtol=1e-5)
+
+
+def test_predictive_sd_grows_away_from_the_data():
+    rs = np.random.RandomState(0)
+    x = rs.uniform(-1, 1, size=(64, 1)).astype(np.float32)
+    y = (np.sin(3 * x[:, 0]) + 0.1 * rs.normal(size=64)).astype(np.float32)
+    net = fp.bnn.mlp(jax.random.key(0), 1, 1, hidden=(32,))
+    model = fp.bnn.model(net, "gaussian", prior=1.0, noise=0.1)
+    res = fp.bnn.fit(model, x, y, "meanfield", epochs=600, batch_size=64, learning_rate=1e-2,
+                     key=jax.random.key(1), progress=False)
+    thetas = res.sample(jax.random.key(2), 400)
+    grid = np.array([[-6.0], [-0.5], [0.0], [0.5], [6.0]], np.float32)
+    pred = predict.regression(model, thetas, grid)
+    f_sd = np.asarray(model.outputs(thetas, grid)[..., 0].std(0))  # epistemic part
+    inside, far = f_sd[1:4].max(), min(f_sd[0], f_sd[4])
+    assert far > 3 * inside, f_sd
+    assert np.all(pred["sd"] >= f_sd - 1e-5)  # noise adds to the epistemic variance
+    fit_pred = predict.regression(model, thetas, x, y)
+    assert fit_pred["rmse"] < 0.3
+
+
+def test_minibatch_elbo_is_unbiased():
+    x, y = _linear_data(n=48)
+    net = fp.bnn.mlp(jax.random.key(0), 3, 1, hidden=(8,))
+    model = fp.bnn.model(net)  # learned noise
+    q = families.make("lowrank", model, key=jax.random.key(1))
+    key = jax.random.key(2)
+    elbo = jax.jit(lambda xb, yb: fp.vi.objectives.elbo(q, fp.bnn.minibatch_log_joint(model, xb, yb, 48), key, 8)[1])
+    elbo_full = elbo(x, y)
+    perm = np.random.RandomState(0).permutation(48).reshape(6, 8)
+    batch_elbos = [elbo(x[i], y[i]) for i in perm]
+    assert np.isclose(np.mean(batch_elbos), elbo_full, rtol=1e-5)
+    assert np.std(batch_elbos) > 1e-3 * abs(float(elbo_full))  # the batches do differ
+
+
+@pytest.mark.parametrize("family", families.FAMILIES)
+def test_family_densities_and_logdet(family):
+    x, y = _linear_data(n=8)
+    net = fp.bnn.mlp(jax.random.key(0), 3, 1, hidden=(4,))  # 21 weights + log noise
+    model = fp.bnn.model(net)
+    q = families.make(family, model, key=jax.random.key(1), init_scale=0.3, block=4, rank=2, layers=2)
+    # move every parameter off its initial value so that the flows are not the identity
+    params, static = eqx.partition(q, eqx.is_inexact_array)
+    leaves, tree = jax.tree.flatten(params)
+    ks = jax.random.split(jax.random.key(5), len(leaves))
+    params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, ks)])
+    q = eqx.combine(params, static)
+
+    @jax.jit
+    def check(q):
+        draws, lq = q.sample_and_log_prob(jax.random.key(2), 5)
+        z = jax.random.normal(jax.random.key(3), (model.dim,))
+        jac = jax.jacfwd(lambda v: q.bijection.forward(v)[0])(z)
+        return q.log_prob(draws), lq, q.bijection.forward(z)[1], jac
+
+    lp, lq, logdet, jac = check(q)
+    assert np.allclose(lp, lq, atol=2e-3)
+    assert np.isclose(logdet, np.linalg.slogdet(np.asarray(jac, np.float64))[1], atol=2e-3)
+
+
+def test_fit_many_trains_each_data_set():
+    x, y = _linear_data(n=32)
+    model = fp.bnn.model(fp.bnn.mlp(jax.random.key(0), 3, 1, hidden=(8,)))
+    res = fp.bnn.fit_many(model, np.stack([x, x]), np.stack([y, -y]), "meanfield", epochs=300, batch_size=32,
+                          learning_rate=1e-2, key=jax.random.key(0), progress=False)
+    assert len(res) == 2 and res[0].trace.elbo.shape == (300,)
+    m0 = np.asarray(model.outputs(res[0].sample(jax.random.key(1), 50), x)).mean(0)[:, 0]
+    m1 = np.asarray(model.outputs(res[1].sample(jax.random.key(1), 50), x)).mean(0)[:, 0]
+    assert np.corrcoef(m0, y)[0, 1] > 0.85 and np.corrcoef(m1, -y)[0, 1] > 0.85
+
+
+def test_bad_input_is_rejected_before_training():
+    x, y = _linear_data(n=10)
+    key = jax.random.key(0)
+    reg = fp.bnn.model(fp.bnn.mlp(key, 3, 1, hidden=(4,)))
+    fit = lambda m, x, y, **k: fp.bnn.fit(m, x, y, epochs=1, key=key, progress=False, **k)  # noqa: E731
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="`x` holds 1 non-finite"):
+        fit(reg, bad, y)
+    with pytest.raises(ValueError, match="`y` holds 1 non-finite"):
+        fit(reg, x, np.where(np.arange(10) == 3, np.inf, y))
+    with pytest.raises(ValueError, match="same length, got 10 and 9"):
+        fit(reg, x, y[:9])
+    wide = fp.bnn.model(fp.bnn.mlp(key, 3, 3, hidden=(4,)))
+    with pytest.raises(ValueError, match="Gaussian likelihood needs one output"):
+        fit(wide, x, y)
+    with pytest.raises(ValueError, match="network failed on inputs"):
+        fit(reg, np.ones((10, 5), np.float32), y)
+    binary = fp.bnn.model(fp.bnn.mlp(key, 3, 1, hidden=(4,)), "bernoulli")
+    with pytest.raises(ValueError, match="Bernoulli labels `y` must be 0 or 1; found \\[2\\]"):
+        fit(binary, x, np.array([0, 1] * 4 + [2, 1]))
+    cat = fp.bnn.model(fp.bnn.mlp(key, 3, 3, hidden=(4,)), "categorical")
+    with pytest.raises(ValueError, match="integers in \\[0, 3\\)"):
+        fit(cat, x, np.arange(10) % 4)
+    with pytest.raises(ValueError, match="`family` must be one of"):
+        fit(reg, x, y, family="nope")
+    with pytest.raises(ValueError, match="`epochs` must be a positive integer"):
+        fp.bnn.fit(reg, x, y, epochs=0, key=key)
+    with pytest.raises(ValueError, match="`likelihood` must be one of"):
+        fp.bnn.model(fp.bnn.mlp(key, 3, 1), "poisson")
+
+
+def test_classification_metrics():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    y = np.array([0, 1, 1, 1])
+    # bins: conf 0.9 -> acc 1; 0.8 -> acc 0; 0.7 -> acc 1; 0.6 -> acc 1
+    assert np.isclose(predict.ece(probs, y), (0.1 + 0.8 + 0.3 + 0.4) / 4)
+    model = fp.bnn.model(fp.bnn.mlp(jax.random.key(0), 3, 1, hidden=(4,)), "bernoulli")
+    thetas = jax.random.normal(jax.random.key(1), (7, model.dim))
+    x = np.random.RandomState(0).normal(size=(5, 3)).astype(np.float32)
+    out = predict.classification(model, thetas, x, np.array([0, 1, 0, 1, 1]))
+    logits = np.asarray(model.outputs(thetas, x))[..., 0]
+    p1 = (1 / (1 + np.exp(-logits))).mean(0)
+    assert np.allclose(out["probs"][:, 1], p1, atol=1e-6)
+    assert np.isclose(out["test_ll"], np.mean(np.log(np.where([0, 1, 0, 1, 1], p1, 1 - p1))), atol=1e-5)
+
+
+def test_uci_split_rule_and_standardisation():
+    x, y = uci.load_raw("bostonHousing")
+    assert x.shape == (506, 13)
+    idx = uci.split_indices(506, 20)
+    assert len(idx) == 20 and all(len(tr) == 455 and len(te) == 51 for tr, te in idx)
+    assert all(np.array_equal(np.sort(np.concatenate(s)), np.arange(506)) for s in idx)
+    assert uci.n_splits("protein-tertiary-structure") == 5 and uci.n_splits("yacht") == 20
+    s = uci.load("bostonHousing", 3)
+    tr, te = idx[3]
+    assert np.allclose(s.x_train.mean(0), 0, atol=1e-5) and np.allclose(s.x_train.std(0), 1, atol=1e-4)
+    assert np.isclose(s.y_train.mean(), 0, atol=1e-5) and np.isclose(s.y_train.std(), 1, atol=1e-4)
+    assert np.allclose(s.y_test, y[te]) and np.isclose(s.y_mean, y[tr].mean())
+    stacked = uci.load_splits("yacht", 3)
+    assert stacked.x_train.shape == (3, 277, 6) and stacked.y_test.shape == (3, 31)
+    xc, yc = uci.load_classification_raw("sonar")
+    assert xc.shape == (208, 60) and set(np.unique(yc)) == {0, 1} and yc.sum() == 111  # 111 mines
+    with pytest.raises(ValueError, match="unknown data set"):
+        uci.load("boston")
+
+
+def test_cli_smoke(tmp_path):
+    from typer.testing import CliRunner
+
+    from flowpost.cli import app
+
+    r = CliRunner().invoke(app, ["bnn", "uci", "--dataset", "yacht", "--splits", "2", "--epochs", "2",
+                                 "--family", "meanfield", "--out", str(tmp_path / "u")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "u" / "results.json").read_text())
+    assert res["dataset"] == "yacht" and len(res["splits"]) == 2
+    assert {"rmse_mean", "rmse_se", "test_ll_mean", "test_ll_se"} <= set(res)
+    assert np.isclose(res["rmse_mean"], np.mean([s["rmse"] for s in res["splits"]]))
+    assert (tmp_path / "u" / "predictive.png").stat().st_size > 1000
+    r = CliRunner().invoke(app, ["bnn", "classify", "--dataset", "sonar", "--splits", "2", "--epochs", "2",
+                                 "--family", "meanfield", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert 0 <= res["accuracy_mean"] <= 1 and (tmp_path / "c" / "reliability.png").exists()
+    r = CliRunner().invoke(app, ["bnn", "uci", "--dataset", "nope", "--epochs", "1"])
+    assert r.exit_code == 2 and "must be one of" in r.output
