@@ -11,7 +11,7 @@ The variational parameters live on one flat vector ``theta (dim,)``::
 ``weights`` is ``jax.flatten_util.ravel_pytree`` of the network's inexact-array leaves;
 the extras are unconstrained hyper-parameters with their own priors: the log precision
 of a learned Gaussian noise (Gamma prior on the precision, as in probabilistic
-backpropagation, Hernandez-Lobato & Adams 2015) and, with a hierarchical prior, one log
+backpropagation, Hernandez-Lobato & Adams 2015, but weaker by default) and, with a hierarchical prior, one log
 precision per layer (Gamma hyper-prior; MacKay 1992, Neal 1996).
 """
 
@@ -43,11 +43,13 @@ def _gamma_log_prior_of_log(u, a, b):
 @dataclasses.dataclass(frozen=True)
 class Gaussian:
     """``y ~ N(f(x), sigma^2)``. ``noise=None``: ``sigma`` is learned, its precision
-    ``1/sigma^2 ~ Gamma(a, b)`` (``precision_prior=(a, b)``; PBP's default (6, 6)).
+    ``1/sigma^2 ~ Gamma(a, b)`` (``precision_prior=(a, b)``, rate ``b``). The default
+    (1, 0.01) is weak: PBP's Gamma(6, 6) holds the precision near 1 (standardised
+    targets) so firmly that, fitted by VI, it costs yacht ~1.1 nats of test LL per point.
     The network's per-example output has shape ``()`` or ``(1,)``."""
 
     noise: float | None = None
-    precision_prior: tuple[float, float] = (6.0, 6.0)
+    precision_prior: tuple[float, float] = (1.0, 0.01)
 
     @property
     def n_extra(self) -> int:
