@@ -33,7 +33,7 @@ def _batches(x, batch):
 
 
 def _check_images(model, x, name):
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=jax.dtypes.canonicalize_dtype(np.float64))  # float32 unless x64 is on
     if x.ndim != 2:
         raise ValueError(f"`{name}` must have shape (n_images, D), got {x.shape}")
     model.likelihood.check(x, name)

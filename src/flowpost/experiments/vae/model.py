@@ -109,7 +109,17 @@ class VAEConfig:
 
 
 def make_vae(config: VAEConfig, key) -> VAE:
-    """Build the VAE that ``config`` describes, initialised from ``key``."""
+    """Build the VAE that ``config`` describes, initialised from ``key``.
+
+    The initialisation runs as one compiled program (eagerly, every random draw of a new
+    shape would compile on its own)."""
+    if not isinstance(config, VAEConfig):
+        raise TypeError(f"`config` must be a VAEConfig, got {type(config).__name__}")
+    return _build(config, key)
+
+
+@eqx.filter_jit
+def _build(config: VAEConfig, key) -> VAE:
     ke, kd, kf = jax.random.split(key, 3)
     lik = likelihoods.get(config.likelihood)
     dim = config.image_shape[0] * config.image_shape[1]

@@ -80,10 +80,10 @@ class GatedConv(eqx.Module):
 
     def __init__(self, key, c_in, c_out, kernel, stride=1, padding=0, output_padding=0, transpose=False):
         if transpose:
-            self.conv = eqx.nn.ConvTranspose2d(c_in, 2 * c_out, kernel, stride, padding,
+            self.conv = eqx.nn.ConvTranspose2d(c_in, 2 * c_out, kernel, stride=stride, padding=padding,
                                                output_padding=output_padding, key=key)
         else:
-            self.conv = eqx.nn.Conv2d(c_in, 2 * c_out, kernel, stride, padding, key=key)
+            self.conv = eqx.nn.Conv2d(c_in, 2 * c_out, kernel, stride=stride, padding=padding, key=key)
 
     def __call__(self, x):
         h, g = jnp.split(self.conv(x), 2, axis=0)

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from . import data as vdata
-from . import evaluate, objectives, plots, runs
+from . import evaluate, likelihoods, objectives, plots, runs
 from .model import make_vae
 from .runs import TrainConfig
 
@@ -46,14 +46,15 @@ class TrainResult:
     best_valid: float
     epochs_done: int
     message: str
-    compile_seconds: float
+    compile_seconds: float  # first epoch minus the median later one (nan with one epoch)
     out: pathlib.Path | None
 
     @property
     def seconds_per_epoch(self) -> float:
-        """Median wall time of the epochs run in this call (compilation excluded)."""
+        """Median wall time of the epochs run in this call after the first (which includes
+        compilation); the first epoch's time if it is the only one."""
         s = [h["seconds"] for h in self.history if h.get("this_call")]
-        return float(np.median(s)) if s else float("nan")
+        return float(np.median(s[1:] if len(s) > 1 else s)) if s else float("nan")
 
 
 def beta_schedule(epoch: int, warmup: int) -> float:
@@ -61,49 +62,52 @@ def beta_schedule(epoch: int, warmup: int) -> float:
     return 1.0 if warmup <= 0 else min(1.0, (epoch + 1) / warmup)
 
 
-def make_epoch(static, optimizer, config: TrainConfig, n_train: int):
-    """``epoch(state, x_train, beta) -> (state, mean loss, first bad step or -1)``: one pass
-    over ``n_train // batch_size`` shuffled minibatches in a ``lax.scan``. A step whose loss
-    or gradient is not finite is not applied, nor is any later step of the epoch."""
-    b = config.batch_size
-    n_batches = n_train // b
+@eqx.filter_jit
+def run_epoch(state: TrainState, static, x, beta, learning_rate, objective: str, k: int, batch_size: int):
+    """One pass over ``len(x) // batch_size`` shuffled minibatches in a ``lax.scan`` with
+    Adam; returns ``(state, mean loss, first bad step or -1)``. A step whose loss or
+    gradient is not finite is not applied, nor is any later step of the epoch.
 
-    def loss_fn(params, xb, key, beta):
+    ``static`` is the model's non-array part (``eqx.partition``); it, ``objective``, ``k``
+    and ``batch_size`` are compile-time constants, the rest are traced, so runs that
+    differ only in learning rate, data or state share one compiled program."""
+    b = batch_size
+    n_batches = x.shape[0] // b
+    optimizer = optax.adam(learning_rate)
+
+    def loss_fn(params, xb, key):
         model = eqx.combine(params, static)
-        if config.objective == "iwae":
-            return objectives.iwae(model, xb, key, config.k)[0]
+        if objective == "iwae":
+            return objectives.iwae(model, xb, key, k)[0]
         return objectives.elbo(model, xb, key, beta)[0]
 
-    def epoch(state: TrainState, x, beta):
-        key = jax.random.wrap_key_data(state.key)
-        key, k_perm, k_steps = jax.random.split(key, 3)
-        order = jax.random.permutation(k_perm, x.shape[0])[: n_batches * b].reshape(n_batches, b)
+    key = jax.random.wrap_key_data(state.key)
+    key, k_perm, k_steps = jax.random.split(key, 3)
+    order = jax.random.permutation(k_perm, x.shape[0])[: n_batches * b].reshape(n_batches, b)
 
-        def step(carry, inputs):
-            params, opt_state, bad = carry
-            idx, k, i = inputs
-            loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], k, beta)
-            updates, new_opt = optimizer.update(grads, opt_state, params)
-            new_params = optax.apply_updates(params, updates)
-            ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & (bad < 0)
-            keep = lambda new, old: jax.tree.map(lambda a, c: jnp.where(ok, a, c), new, old)  # noqa: E731
-            bad = jnp.where((bad < 0) & ~ok, i, bad)
-            return (keep(new_params, params), keep(new_opt, opt_state), bad), loss
+    def step(carry, inputs):
+        params, opt_state, bad = carry
+        idx, kk, i = inputs
+        loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], kk)
+        updates, new_opt = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & (bad < 0)
+        keep = lambda new, old: jax.tree.map(lambda u, v: jnp.where(ok, u, v), new, old)  # noqa: E731
+        bad = jnp.where((bad < 0) & ~ok, i, bad)
+        return (keep(new_params, params), keep(new_opt, opt_state), bad), loss
 
-        carry = (state.params, state.opt_state, jnp.full((), -1, jnp.int32))
-        steps = (order, jax.random.split(k_steps, n_batches), jnp.arange(n_batches, dtype=jnp.int32))
-        (params, opt_state, bad), losses = jax.lax.scan(step, carry, steps)
-        return TrainState(params, opt_state, jax.random.key_data(key)), jnp.mean(losses), bad
-
-    return epoch
+    carry = (state.params, state.opt_state, jnp.full((), -1, jnp.int32))
+    steps = (order, jax.random.split(k_steps, n_batches), jnp.arange(n_batches, dtype=jnp.int32))
+    (params, opt_state, bad), losses = jax.lax.scan(step, carry, steps)
+    return TrainState(params, opt_state, jax.random.key_data(key)), jnp.mean(losses), bad
 
 
-def _check_data(config: TrainConfig, d: vdata.ImageData, model):
+def _check_data(config: TrainConfig, d: vdata.ImageData):
     if tuple(d.image_shape) != config.model.image_shape:
         raise ValueError(f"`config.model.image_shape` is {config.model.image_shape} but the {d.name} images are "
                          f"{d.image_shape}")
     for split in ("train", "valid"):
-        model.likelihood.check(getattr(d, split), f"data.{split}")
+        likelihoods.get(config.model.likelihood).check(getattr(d, split), f"data.{split}")
     if len(d.train) < config.batch_size:
         raise ValueError(f"`batch_size` ({config.batch_size}) exceeds the number of training images ({len(d.train)})")
 
@@ -128,21 +132,23 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig, got {type(config).__name__}")
     out = None if out is None else pathlib.Path(out)
+    ckpt = None if out is None else out / runs.CHECKPOINT
+    meta = None
+    if ckpt is not None and ckpt.exists():  # checked before anything is built or compiled
+        meta = runs.read_meta(ckpt)
+        runs.check_architecture(ckpt, meta, config)
+    d = data if data is not None else vdata.load(config.dataset, limit=config.limit)
+    _check_data(config, d)
+
     key = jax.random.key(config.seed)
     k_init, k_run, k_valid, k_plot = jax.random.split(key, 4)
     model = make_vae(config.model, k_init)
-    d = data if data is not None else vdata.load(config.dataset, limit=config.limit)
-    _check_data(config, d, model)
-
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimizer = optax.adam(config.learning_rate)
     state = TrainState(params, optimizer.init(params), jax.random.key_data(k_run))
     start, best_valid, best_epoch, since_best, history = 0, math.inf, None, 0, []
     best_params = params
-    ckpt = None if out is None else out / runs.CHECKPOINT
-    if ckpt is not None and ckpt.exists():
-        meta = runs.read_meta(ckpt)
-        runs.check_architecture(ckpt, meta, config)
+    if meta is not None:
         state = runs.read(ckpt, state)
         start, best_valid, best_epoch = meta["epoch"], meta["best_valid"], meta["best_epoch"]
         since_best, history = meta["since_best"], meta["history"]
@@ -155,12 +161,13 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
 
     x_train = jnp.asarray(d.train, jnp.float32)
     x_valid = evaluate._batches(np.asarray(d.valid, np.float32), min(500, len(d.valid)))[0]
-    epoch_fn = jax.jit(make_epoch(static, optimizer, config, len(d.train)))
-    t0 = time.perf_counter()
-    epoch_fn = epoch_fn.lower(state, x_train, jnp.float32(1.0)).compile()
-    compile_seconds = time.perf_counter() - t0
+    lr = jnp.float32(config.learning_rate)
 
-    def meta(epoch):
+    def epoch_fn(state, beta):
+        return run_epoch(state, static, x_train, jnp.float32(beta), lr, config.objective, config.k,
+                         config.batch_size)
+
+    def record(epoch):
         return {"config": config.to_dict(), "epoch": epoch, "best_valid": best_valid, "best_epoch": best_epoch,
                 "since_best": since_best, "history": [{k: v for k, v in h.items() if k != "this_call"}
                                                       for h in history]}
@@ -178,7 +185,7 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
             for epoch in range(start, config.epochs):
                 beta = beta_schedule(epoch, config.warmup) if config.objective == "elbo" else 1.0
                 t0 = time.perf_counter()
-                new_state, loss, bad = epoch_fn(state, x_train, jnp.float32(beta))
+                new_state, loss, bad = epoch_fn(state, beta)
                 loss, bad = float(loss), int(bad)
                 seconds = time.perf_counter() - t0
                 if bad >= 0 or not math.isfinite(loss):
@@ -197,12 +204,12 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
                 if valid < best_valid:
                     best_valid, best_epoch, since_best, best_params = valid, epoch + 1, 0, state.params
                     if out is not None:
-                        runs.write(out / runs.BEST, meta(epoch + 1), eqx.combine(best_params, static))
+                        runs.write(out / runs.BEST, record(epoch + 1), eqx.combine(best_params, static))
                 else:
                     since_best += 1
                 if out is not None:
-                    runs.write(ckpt, meta(epoch + 1), state)
-                    (out / "history.json").write_text(json.dumps(meta(epoch + 1)["history"], indent=1) + "\n")
+                    runs.write(ckpt, record(epoch + 1), state)
+                    (out / "history.json").write_text(json.dumps(record(epoch + 1)["history"], indent=1) + "\n")
                 bar.update(epoch + 1, loss, valid)
                 if since_best >= config.patience:
                     message = f"early stop at epoch {epoch + 1}: no improvement for {config.patience} epochs"
@@ -211,6 +218,9 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         done = history[-1]["epoch"] if history else start
         message = (f"interrupted by the user; the checkpoint of epoch {done} is saved"
                    + (f" in {out}" if out is not None else ""))
+    now = [h["seconds"] for h in history if h.get("this_call")]
+    # the first epoch of a call includes compilation (unless this process compiled it already)
+    compile_seconds = max(now[0] - float(np.median(now[1:])), 0.0) if len(now) > 1 else float("nan")
     best_model = eqx.combine(best_params, static)
     epochs_done = history[-1]["epoch"] if history else start
     result = TrainResult(best_model, config, history, best_epoch, best_valid, epochs_done, message,
