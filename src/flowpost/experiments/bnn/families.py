@@ -136,15 +136,17 @@ def _realnvp(key, dim, layers, hidden):
     return F.realnvp(key, dim, layers=layers, hidden=hidden, activation=jax.nn.tanh).bijection
 
 
-def last_layer_index(model: BNN) -> np.ndarray:
-    """Coordinates of the last weight matrix, the last bias and the hyper-parameters."""
-    leaves = np.flatnonzero(np.isin(model.segments, np.arange(model.n_layers - 2, model.n_layers)))
-    extra = np.arange(model.n_weights, model.dim)
-    return np.concatenate([leaves, extra]) if model.n_layers >= 2 else np.concatenate([np.arange(model.n_weights), extra])
+def last_layer_index(model: BNN, max_dim: int = 1024) -> np.ndarray:
+    """Coordinates of the last weight matrix, the last bias and the hyper-parameters;
+    if they are more than ``max_dim``, the last ``max_dim`` of them (the hyper-parameters,
+    the output biases and the weights into the last outputs)."""
+    leaves = np.flatnonzero(np.isin(model.segments, np.arange(max(model.n_layers - 2, 0), model.n_layers)))
+    index = np.concatenate([leaves, np.arange(model.n_weights, model.dim)])
+    return index[-max_dim:]
 
 
 def make(family: str | F.Flow, model: BNN, *, key=None, init_scale: float = 1e-2, rank: int | None = None,
-         layers: int = 4, hidden=(32, 32), block: int = 8, index=None) -> F.Flow:
+         layers: int | None = None, hidden=None, block: int = 8, index=None) -> F.Flow:
     """A variational family over ``model``'s ``theta`` (see the module docstring).
 
     Args:
@@ -154,7 +156,8 @@ def make(family: str | F.Flow, model: BNN, *, key=None, init_scale: float = 1e-2
         init_scale: the initial posterior standard deviation of every coordinate.
         rank: rank of the low-rank part (default 0 for meanfield/blockflow/subspace,
             8 for ``"lowrank"``, 2 for ``"flow"``).
-        layers, hidden: the RealNVP's couplings and conditioner widths.
+        layers, hidden: the RealNVP's couplings and conditioner widths (default 4 and
+            (32, 32); for ``"blockflow"`` 2 and (16,): it runs once per block).
         block: block size of ``"blockflow"``.
         index: coordinates of ``"subspace"`` (default :func:`last_layer_index`).
     """
@@ -170,6 +173,9 @@ def make(family: str | F.Flow, model: BNN, *, key=None, init_scale: float = 1e-2
     k_aff, k_flow = jax.random.split(key)
     default_rank = {"lowrank": 8, "flow": 2}.get(family, 0)
     affine = _affine(model, default_rank if rank is None else int(rank), init_scale, k_aff)
+    small = family == "blockflow"
+    layers = layers or (2 if small else 4)
+    hidden = tuple(hidden) if hidden is not None else ((16,) if small else (32, 32))
     d = model.dim
     if family in ("meanfield", "lowrank"):
         return F.Flow(affine)

@@ -78,13 +78,16 @@ class Gaussian:
 
 @dataclasses.dataclass(frozen=True)
 class Bernoulli:
-    """``y ~ Bernoulli(sigmoid(f(x)))``, labels in {0, 1}; output shape ``()`` or ``(1,)`` (a logit)."""
+    """``y ~ Bernoulli(sigmoid(f(x)))``, labels in {0, 1}. One logit per example (output
+    shape ``()`` or ``(1,)``, ``y (N,)``) or one per event coordinate (output shape equal
+    to ``y.shape[1:]``, e.g. pixels; their log-probabilities add up)."""
 
     n_extra = 0
 
     def log_prob(self, out, y, extra):
         f = out.reshape(y.shape)
-        return y * jax.nn.log_sigmoid(f) + (1 - y) * jax.nn.log_sigmoid(-f)
+        lp = y * jax.nn.log_sigmoid(f) + (1 - y) * jax.nn.log_sigmoid(-f)
+        return lp.reshape(y.shape[0], -1).sum(-1)
 
     def log_prior_extra(self, extra):
         return 0.0
@@ -93,9 +96,10 @@ class Bernoulli:
         return jnp.zeros((0,))
 
     def check(self, out_shape, y):
-        if out_shape not in ((), (1,)):
-            raise ValueError(f"bnn: a Bernoulli likelihood needs one logit per example (shape () or (1,)), "
-                             f"the network returns shape {out_shape}")
+        want = ((), (1,)) if y.ndim == 1 else (tuple(y.shape[1:]),)
+        if out_shape not in want:
+            raise ValueError(f"bnn: a Bernoulli likelihood needs network outputs of shape {' or '.join(map(str, want))} "
+                             f"per example for labels `y` of shape {y.shape}; the network returns shape {out_shape}")
         bad = ~np.isin(y, (0, 1))
         if bad.any():
             raise ValueError(f"bnn: Bernoulli labels `y` must be 0 or 1; found {np.unique(y[bad])[:5].tolist()}")
@@ -256,8 +260,9 @@ class BNN:
             raise ValueError(f"bnn: `x` must be an array of shape (N, ...) with N >= 1, got shape {x.shape}")
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
-        if y.ndim != 1:
-            raise ValueError(f"bnn: `y` must have shape (N,), got {y.shape}")
+        if y.ndim != 1 and not (isinstance(self.likelihood, Bernoulli) and y.ndim > 1):
+            raise ValueError(f"bnn: `y` must have shape (N,), got {y.shape} (only a Bernoulli likelihood takes "
+                             "y (N, *event))")
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"bnn: `x` and `y` must have the same length, got {x.shape[0]} and {y.shape[0]}")
         for name, a in (("x", x), ("y", y)):

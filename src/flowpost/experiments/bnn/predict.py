@@ -46,6 +46,13 @@ def regression(model: BNN, thetas, x, y=None, y_mean: float = 0.0, y_std: float 
     return out
 
 
+def log_predictive(model: BNN, thetas, x, y) -> np.ndarray:
+    """Per-example log predictive density ``log (1/S) sum_s p(y_i | x_i, theta_s)`` ``(B,)``
+    (logsumexp over the ``S`` weight samples), for any likelihood."""
+    lp = model.log_likelihood_samples(jnp.asarray(thetas), jnp.asarray(x, jnp.float32), jnp.asarray(y))
+    return np.asarray(jax.nn.logsumexp(lp, axis=0) - math.log(lp.shape[0]))
+
+
 def probabilities(model: BNN, thetas, x) -> np.ndarray:
     """Predictive class probabilities ``(B, K)`` (``K = 2`` for a Bernoulli likelihood)."""
     out = model.outputs(jnp.asarray(thetas), jnp.asarray(x, jnp.float32))

@@ -58,6 +58,7 @@ class BNNResult:
     message: str
     seconds: float
     family: str
+    timings: list = dataclasses.field(default_factory=list)  # (epochs, seconds) per compiled call; first compiles
 
     def sample(self, key, n: int) -> jax.Array:
         """``n`` weight vectors ``theta (n, dim)``."""
@@ -95,7 +96,7 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
 
     Args:
         model: the Bayesian network.
-        xs, ys: ``(P, N, *in)`` and ``(P, N)`` (e.g. the train parts of the UCI splits).
+        xs, ys: ``(P, N, *in)`` and ``(P, N)`` (or ``(P, N, *event)``; e.g. the train parts of the UCI splits).
         family: a name of :data:`families.FAMILIES` or a :class:`flowpost.flows.Flow`.
         epochs: passes over the data; ``batch_size``: examples per step (``N`` if larger).
         num_samples: weight draws per step (the ELBO's Monte Carlo size).
@@ -112,8 +113,8 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     key = _as_key(key)
     _check_positive(epochs=epochs, batch_size=batch_size, num_samples=num_samples)
     xs, ys = np.asarray(xs), np.asarray(ys)
-    if xs.ndim < 2 or ys.ndim != 2 or xs.shape[:2] != ys.shape:
-        raise ValueError(f"bnn.fit_many: expected xs (P, N, ...) and ys (P, N), got {xs.shape} and {ys.shape}")
+    if xs.ndim < 2 or ys.ndim < 2 or xs.shape[:2] != ys.shape[:2]:
+        raise ValueError(f"bnn.fit_many: expected xs (P, N, ...) and ys (P, N, ...), got {xs.shape} and {ys.shape}")
     checked = [model.check_data(xs[p], ys[p]) for p in range(xs.shape[0])]  # before anything compiles
     xs, ys = jnp.asarray(np.stack([c[0] for c in checked])), jnp.asarray(np.stack([c[1] for c in checked]))
     n_sets, n = xs.shape[:2]
@@ -149,7 +150,7 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
         return jax.vmap(one)(states, xs, ys)
 
     chunk = chunk or max(1, epochs // 50)
-    traces, done, message = [], 0, "completed"
+    traces, timings, done, message = [], [], 0, "completed"
     t0 = time.perf_counter()
     bar = _Progress(epochs, f"{label} ({family if isinstance(family, str) else 'custom'}, {n_sets} set(s))",
                     enabled=progress)
@@ -157,8 +158,10 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
         with bar:
             while done < epochs:
                 m = min(chunk, epochs - done)
+                t_chunk = time.perf_counter()
                 states, tr = run(states, xs, ys, m)
                 traces.append(jax.tree.map(np.asarray, tr))
+                timings.append((m, time.perf_counter() - t_chunk))
                 done += m
                 bar.update(done, float(np.mean(traces[-1].elbo[:, -1])))
                 if np.all(np.asarray(states.failed_at) >= 0):
@@ -178,7 +181,7 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
             warnings.warn(f"bnn.fit: data set {p}: {msg}", RuntimeWarning, stacklevel=2)
         qp = build(states.params[p])
         results.append(BNNResult(qp, model, Trace(*(getattr(trace, f)[p] for f in Trace._fields)), done, msg,
-                                 seconds, family if isinstance(family, str) else "custom"))
+                                 seconds, family if isinstance(family, str) else "custom", timings))
     if message.startswith("interrupted"):
         warnings.warn(f"bnn.fit: {message}", RuntimeWarning, stacklevel=2)
     return results
