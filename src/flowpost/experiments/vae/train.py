@@ -233,7 +233,8 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         if plots_at_end and best_epoch is not None:
             title = f"{config.model.flow} VAE, epoch {best_epoch}"
             plots.samples(best_model, k_plot, d.image_shape, out / "samples.png", title=f"samples: {title}")
-            plots.reconstructions(best_model, d.test[:50], k_plot, d.image_shape, out / "reconstructions.png",
+            spread = np.unique(np.linspace(0, len(d.test) - 1, min(50, len(d.test))).astype(int))
+            plots.reconstructions(best_model, d.test[spread], k_plot, d.image_shape, out / "reconstructions.png",
                                   title=f"test images / reconstructions: {title}")
     return result
 
