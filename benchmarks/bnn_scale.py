@@ -79,6 +79,8 @@ def main():
     ap.add_argument("--flow-max-weights", type=int, default=20000, help="the dense flow only up to this size")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--mnist-families", default="meanfield,blockflow,lowrank")
+    ap.add_argument("--learning-rate", type=float, default=3e-3)
+    ap.add_argument("--skip-cost", action="store_true", help="keep part 1's rows from an existing --out file")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bnn_scale.json"))
     args = ap.parse_args()
     console = Console()
@@ -89,7 +91,11 @@ def main():
     table = Table(title="cost of one training step (batch 100, 4 draws)")
     for c in ("weights", "family", "trainable", "compiled MB", "ms / step"):
         table.add_column(c, justify="right")
-    for h in (int(v) for v in args.sizes.split(",")):
+    if args.skip_cost:
+        import json
+
+        payload["cost"] = json.loads(Path(args.out).read_text())["cost"]
+    for h in ([] if args.skip_cost else (int(v) for v in args.sizes.split(","))):
         model = fp.bnn.model(fp.bnn.mlp(jax.random.key(0), 392, 392, hidden=(h,)), "bernoulli")
         for fam in args.families.split(","):
             if fam == "flow" and model.n_weights > args.flow_max_weights:
@@ -103,7 +109,8 @@ def main():
             console.print(f"{model.n_weights:>9,} {fam:>10}: {n:>10,} numbers, "
                           f"{(nbytes or 0) / 2**20:8.1f} MB, {1000 * sec:8.2f} ms/step")
             write_json(Path(args.out), payload)
-    console.print(table)
+    if not args.skip_cost:
+        console.print(table)
 
     model = fp.bnn.model(fp.bnn.mlp(jax.random.key(0), 392, 392, hidden=(128,)), "bernoulli")
     mtable = Table(title=f"binarized MNIST, bottom half from top half: 392-128-392 ({model.n_weights:,} weights), "
@@ -111,7 +118,7 @@ def main():
     for c in ("family", "s / epoch", "compile+1st epoch s", "peak MB", "test LL (nats/image)", "pixel acc"):
         mtable.add_column(c, justify="right")
     for fam in args.mnist_families.split(","):
-        res = fp.bnn.fit(model, xtr, ytr, fam, epochs=args.epochs, batch_size=100, num_samples=4, learning_rate=1e-3,
+        res = fp.bnn.fit(model, xtr, ytr, fam, epochs=args.epochs, batch_size=100, num_samples=4, learning_rate=args.learning_rate,
                          key=jax.random.key(0), chunk=1, label="mnist")
         steady = [s / m for m, s in res.timings[1:]] or [res.timings[0][1] / res.timings[0][0]]
         thetas = res.sample(jax.random.key(1), 100)
