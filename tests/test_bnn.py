@@ -210,3 +210,24 @@ def test_cli_smoke(tmp_path):
     assert 0 <= res["accuracy_mean"] <= 1 and (tmp_path / "c" / "reliability.png").exists()
     r = CliRunner().invoke(app, ["bnn", "uci", "--dataset", "nope", "--epochs", "1"])
     assert r.exit_code == 2 and "must be one of" in r.output
+
+
+def test_hierarchical_prior_and_pixel_bernoulli_densities():
+    from scipy import stats
+
+    net = fp.bnn.mlp(jax.random.key(0), 3, 4, hidden=(5,))  # layers: W1 (5,3), b1 (5,), W2 (4,5), b2 (4,)
+    model = fp.bnn.model(net, "bernoulli", prior=fp.bnn.GaussianPrior(hierarchical=True, precision_prior=(2.0, 3.0)))
+    assert model.n_layers == 4 and model.dim == model.n_weights + 4
+    theta = np.asarray(jax.random.normal(jax.random.key(1), (model.dim,)), np.float64)
+    w, lam = theta[:model.n_weights], theta[model.n_weights:]
+    expect = sum(stats.norm.logpdf(w[model.segments == l], 0, np.exp(-0.5 * lam[l])).sum() for l in range(4))
+    expect += sum(stats.gamma.logpdf(np.exp(v), 2.0, scale=1 / 3.0) + v for v in lam)  # + log-Jacobian
+    assert np.isclose(model.log_prior(jnp.asarray(theta, jnp.float32)), expect, rtol=1e-4)
+    x = np.random.RandomState(0).normal(size=(6, 3)).astype(np.float32)
+    y = (np.random.RandomState(1).uniform(size=(6, 4)) < 0.5).astype(np.float32)  # 4 pixels per example
+    model.check_data(x, y)
+    logits = np.asarray(model.outputs(jnp.asarray(theta[None], jnp.float32), x))[0]
+    manual = (y * -np.logaddexp(0, -logits) + (1 - y) * -np.logaddexp(0, logits)).sum(1)
+    assert np.allclose(model.log_likelihood_terms(jnp.asarray(theta, jnp.float32), x, y), manual, atol=1e-4)
+    with pytest.raises(ValueError, match="outputs of shape \\(3,\\)"):
+        model.check_data(x, y[:, :3])
