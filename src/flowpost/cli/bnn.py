@@ -36,6 +36,18 @@ def _table(title, res, metrics):
     console.print(table)
 
 
+def _run(fn, title, metrics, files, **kwargs):
+    """One library call; its errors become a red message and exit code 2; then the table."""
+    try:
+        res = fn(**kwargs)
+    except (ValueError, TypeError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    _table(f"{title}, {res['seconds']:.1f} s", res, metrics)
+    if kwargs.get("out") is not None:
+        console.print(f"wrote {kwargs['out']}/results.json, {files}")
+
+
 @app.command()
 def uci(
     dataset: str = typer.Option(..., help="bostonHousing | concrete | energy | kin8nm | naval-propulsion-plant | "
@@ -52,15 +64,9 @@ def uci(
     """The UCI regression benchmark: test RMSE and log-likelihood over the standard splits."""
     from ..experiments import bnn
 
-    try:
-        res = bnn.run_uci(dataset, family, splits=_splits(splits), epochs=epochs, batch_size=batch_size,
-                          num_samples=num_samples, learning_rate=learning_rate, seed=seed, out=out)
-    except (ValueError, TypeError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
-    _table(f"{dataset}: {family}, {epochs} epochs, {res['seconds']:.1f} s", res, ("rmse", "test_ll"))
-    if out is not None:
-        console.print(f"wrote {out}/results.json, predictive.png")
+    _run(bnn.run_uci, f"{dataset}: {family}, {epochs} epochs", ("rmse", "test_ll"), "predictive.png",
+         dataset=dataset, family=family, splits=_splits(splits), epochs=epochs, batch_size=batch_size,
+         num_samples=num_samples, learning_rate=learning_rate, seed=seed, out=out)
 
 
 @app.command()
@@ -77,12 +83,6 @@ def classify(
     """Binary classification (one hidden layer of 50): test accuracy, log-likelihood, ECE."""
     from ..experiments import bnn
 
-    try:
-        res = bnn.run_classification(dataset, family, splits=_splits(splits), epochs=epochs, batch_size=batch_size,
-                                     learning_rate=learning_rate, seed=seed, out=out)
-    except (ValueError, TypeError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
-    _table(f"{dataset}: {family}, {epochs} epochs, {res['seconds']:.1f} s", res, ("accuracy", "test_ll", "ece"))
-    if out is not None:
-        console.print(f"wrote {out}/results.json, reliability.png")
+    _run(bnn.run_classification, f"{dataset}: {family}, {epochs} epochs", ("accuracy", "test_ll", "ece"),
+         "reliability.png", dataset=dataset, family=family, splits=_splits(splits), epochs=epochs,
+         batch_size=batch_size, learning_rate=learning_rate, seed=seed, out=out)
