@@ -50,7 +50,7 @@ def step_cost(model, family, x, y, n_total, num_samples=4, repeats=5):
     q = families.make(family, model, key=jax.random.key(0))
     params, build = flat_params(q)
     opt = default_optimizer(1000, 1e-3)
-    state = FitState(params, opt.init(params), jax.random.key(1), jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+    state = FitState.init(params, opt, jax.random.key(1))
     step = make_step(build, objectives.get("elbo"), fp.bnn.minibatch_log_joint(model, x, y, n_total), opt, num_samples)
     fn = jax.jit(lambda s: step(s, None)[0])
     compiled = fn.lower(state).compile()

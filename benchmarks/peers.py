@@ -203,7 +203,7 @@ class FlowpostRunner(Runner):
         opt = optimizer or optax.adam(lr)
         params, build = flat_params(q)
         self.params = _n_params(q)
-        self.state = FitState(params, opt.init(params), key, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+        self.state = FitState.init(params, opt, key)
         step = make_step(build, objectives.get(objective), jax.vmap(target.log_prob), opt, num_samples)
         self.chunk = jax.jit(lambda s: jax.lax.scan(step, s, None, length=every)[0])
         self._draw = jax.jit(lambda p, k, n: build(p).sample(k, n), static_argnums=2)

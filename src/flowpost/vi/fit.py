@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from .._progress import ProgressBar
 from . import families, objectives
 from .init import laplace
 from .target import Target
@@ -33,6 +34,12 @@ class FitState(NamedTuple):
     key: jax.Array
     step: jax.Array  # steps taken (int)
     failed_at: jax.Array  # first step whose loss or gradient was not finite, else -1
+
+    @classmethod
+    def init(cls, params, optimizer: optax.GradientTransformation, key) -> "FitState":
+        """Step 0. The counters are strongly typed int32: weak-typed ones change type after
+        the first step, and the chunk function would compile again."""
+        return cls(params, optimizer.init(params), key, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
 
 
 class Trace(NamedTuple):
@@ -168,7 +175,7 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
 
     optimizer = optimizer or default_optimizer(steps, learning_rate)
     params, build = flat_params(q)
-    state = FitState(params, optimizer.init(params), k_run, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+    state = FitState.init(params, optimizer, k_run)
     log_p = jax.vmap(target.log_prob)
     step = make_step(build, obj, log_p, optimizer, num_samples)
 
@@ -178,7 +185,7 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
 
     traces, message, t0 = [], "completed", time.perf_counter()
     done, prev = 0, None
-    bar = _Progress(steps, target.name, enabled=progress)
+    bar = ProgressBar(steps, f"fit {target.name}", {"elbo": "ELBO"}, enabled=progress)
     try:
         with bar:
             while done < steps:
@@ -193,7 +200,7 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
                                f"kept the state of step {failed - 1 if failed else 'init'} (the last finite one)")
                     break
                 cur = float(np.mean(tr.elbo))
-                bar.update(done, cur)
+                bar.update(done, elbo=f"{cur:.4g}")
                 if tol is not None and prev is not None and done >= 5 * chunk:
                     if abs(cur - prev) < tol:
                         message = f"converged at step {done} (ELBO change {abs(cur - prev):.2g} < tol {tol})"
@@ -209,29 +216,3 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
     return FitResult(q=q, target=target, trace=trace, steps=int(state.step), message=message,
                      seconds=time.perf_counter() - t0, family=family if isinstance(family, str) else "custom",
                      objective=objective if isinstance(objective, str) else "custom", start=start)
-
-
-class _Progress:
-    """A rich progress bar with the running ELBO (a no-op when disabled)."""
-
-    def __init__(self, total, label, enabled=True):
-        self.enabled, self.total, self.label = enabled, total, label
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("ELBO {task.fields[elbo]}"), TimeRemainingColumn(), transient=False)
-            self._p.__enter__()
-            self._task = self._p.add_task(f"fit {self.label}", total=self.total, elbo="...")
-        return self
-
-    def update(self, done, elbo):
-        if self.enabled:
-            self._p.update(self._task, completed=done, elbo=f"{elbo:.4g}")
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._p.__exit__(*exc)
-        return False

@@ -27,7 +27,8 @@ import numpy as np
 import optax
 
 from ...vi import objectives
-from ...vi.fit import FitState, Trace, _as_key, _Progress, default_optimizer, flat_params, make_step
+from ..._progress import ProgressBar
+from ...vi.fit import FitState, Trace, _as_key, default_optimizer, flat_params, make_step
 from . import families
 from .model import BNN
 
@@ -128,7 +129,7 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     obj = objectives.get("elbo")
 
     def init_state(k):
-        return FitState(params, optimizer.init(params), k, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+        return FitState.init(params, optimizer, k)
 
     states = jax.vmap(init_state)(jax.vmap(lambda p: jax.random.fold_in(k_run, p))(jnp.arange(n_sets)))
 
@@ -152,8 +153,8 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     chunk = chunk or max(1, epochs // 50)
     traces, timings, done, message = [], [], 0, "completed"
     t0 = time.perf_counter()
-    bar = _Progress(epochs, f"{label} ({family if isinstance(family, str) else 'custom'}, {n_sets} set(s))",
-                    enabled=progress)
+    bar = ProgressBar(epochs, f"fit {label} ({family if isinstance(family, str) else 'custom'}, {n_sets} set(s))",
+                      {"elbo": "ELBO"}, enabled=progress)
     try:
         with bar:
             while done < epochs:
@@ -163,7 +164,7 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
                 traces.append(jax.tree.map(np.asarray, tr))
                 timings.append((m, time.perf_counter() - t_chunk))
                 done += m
-                bar.update(done, float(np.mean(traces[-1].elbo[:, -1])))
+                bar.update(done, elbo=f"{float(np.mean(traces[-1].elbo[:, -1])):.4g}")
                 if np.all(np.asarray(states.failed_at) >= 0):
                     break
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._progress import ProgressBar
 from . import objectives
 
 
@@ -65,10 +66,10 @@ def log_likelihood(model, x, key, samples: int = 5000, chunk: int = 500, batch: 
     xb, n = _batches(x, min(batch, len(x)))
     keys = jax.random.split(key, xb.shape[0])
     out = []
-    with _progress(progress, xb.shape[0], f"log p(x), {samples} samples") as bar:
+    with ProgressBar(xb.shape[0], f"log p(x), {samples} samples", enabled=progress) as bar:
         for i in range(xb.shape[0]):
             out.append(np.asarray(_log_p_hat(model, xb[i], keys[i], samples, chunk)))
-            bar(i + 1)
+            bar.update(i + 1)
     return np.concatenate(out)[:n]
 
 
@@ -92,26 +93,3 @@ def evaluate(model, x, key, samples: int = 5000, chunk: int = 500, progress: boo
     ll = log_likelihood(model, x, k2, samples=samples, chunk=chunk, progress=progress)
     return {"neg_elbo": float(-np.mean(e)), "nll": float(-np.mean(ll)), "n_images": int(len(e)),
             "samples": int(samples)}
-
-
-class _progress:
-    """A rich progress bar over batches, or nothing."""
-
-    def __init__(self, enabled, total, label):
-        self.enabled, self.total, self.label = enabled, total, label
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda done: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TimeRemainingColumn())
-        self._p.__enter__()
-        task = self._p.add_task(self.label, total=self.total)
-        return lambda done: self._p.update(task, completed=done)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._p.__exit__(*exc)
-        return False

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ..._progress import ProgressBar
 from . import data as vdata
 from . import evaluate, likelihoods, objectives, plots, runs
 from .model import make_vae
@@ -179,7 +180,8 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         message = f"nothing to do: the run in {out} stopped early at epoch {start}"
         start = config.epochs
     epoch = start
-    bar = _Progress(config.epochs, start, f"{config.model.flow} VAE", enabled=progress)
+    bar = ProgressBar(config.epochs, f"train {config.model.flow} VAE", {"loss": "loss", "valid": "valid -ELBO"},
+                      start=start, enabled=progress)
     try:
         with bar:
             for epoch in range(start, config.epochs):
@@ -210,7 +212,7 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
                 if out is not None:
                     runs.write(ckpt, record(epoch + 1), state)
                     (out / "history.json").write_text(json.dumps(record(epoch + 1)["history"], indent=1) + "\n")
-                bar.update(epoch + 1, loss, valid)
+                bar.update(epoch + 1, loss=f"{loss:.2f}", valid=f"{valid:.2f}")
                 if since_best >= config.patience:
                     message = f"early stop at epoch {epoch + 1}: no improvement for {config.patience} epochs"
                     break
@@ -237,31 +239,3 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
             plots.reconstructions(best_model, d.test[spread], k_plot, d.image_shape, out / "reconstructions.png",
                                   title=f"test images / reconstructions: {title}")
     return result
-
-
-class _Progress:
-    """A rich progress bar over epochs (a no-op when disabled)."""
-
-    def __init__(self, total, start, label, enabled=True):
-        self.enabled, self.total, self.start, self.label = enabled, total, start, label
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("loss {task.fields[loss]}  valid -ELBO {task.fields[valid]}"),
-                               TimeRemainingColumn())
-            self._p.__enter__()
-            self._task = self._p.add_task(f"train {self.label}", total=self.total, completed=self.start,
-                                          loss="...", valid="...")
-        return self
-
-    def update(self, done, loss, valid):
-        if self.enabled:
-            self._p.update(self._task, completed=done, loss=f"{loss:.2f}", valid=f"{valid:.2f}")
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._p.__exit__(*exc)
-        return False
