@@ -47,6 +47,7 @@ def layer_factories(cond_dim):
             ("random_permute", lambda k: F.RandomPermute(k, DIM), True),
             ("lu_linear", lambda k: F.LULinear(DIM, k), True),
             ("triangular_affine", lambda k: F.TriangularAffine(DIM), True),
+            ("frozen", lambda k: F.Frozen(F.TriangularAffine(DIM)), True),
             ("exp", lambda k: F.Exp(), True),
             ("softplus", lambda k: F.Softplus(), True),
             ("sigmoid", lambda k: F.Sigmoid(), True),
@@ -310,3 +311,25 @@ def test_maximum_likelihood_fit_to_a_ring_reaches_the_true_density():
     assert losses[-100:].mean() < losses[:100].mean()
     with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
         F.fit_to_data(flow, jax.random.key(1), train[:, :1])
+
+
+def test_frozen_bijection_gets_no_gradient_and_stays_put():
+    """Frozen(b) maps like b, but an optimiser step leaves its parameters where they were
+    (the whitening layer of fp.fit's families), while the layers before it train."""
+    import optax
+
+    key = jax.random.key(3)
+    fixed = randomise(F.TriangularAffine(DIM), key)
+    q = F.Flow(F.Chain([F.TriangularAffine(DIM), F.Frozen(fixed)]))
+    x = jax.random.normal(key, (5, DIM))
+    np.testing.assert_allclose(F.Frozen(fixed).forward(x[0])[0], fixed.forward(x[0])[0])
+    params, static = eqx.partition(q, eqx.is_inexact_array)
+    grads = jax.grad(lambda p: -jnp.mean(eqx.combine(p, static).log_prob(x)))(params)
+    g_train, g_frozen = grads.bijection.layers
+    assert float(optax.tree.norm(g_train)) > 1e-3
+    assert float(optax.tree.norm(g_frozen)) == 0.0
+    opt = optax.adam(0.1)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(new.bijection.layers[1].bijection.off_diag, fixed.off_diag)
+    assert not np.allclose(new.bijection.layers[0].loc, 0.0)

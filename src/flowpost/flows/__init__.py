@@ -4,7 +4,7 @@ This layer knows nothing of variational inference: it is a flow library.
 """
 
 from .autoregressive import MaskedAutoregressive
-from .bijection import Bijection, Chain, Invert, NoInverseError, Scan
+from .bijection import Bijection, Chain, Frozen, Invert, NoInverseError, Scan
 from .constructors import iaf, maf, planar, radial, realnvp, spline, sylvester
 from .coupling import Coupling, affine_coupling, spline_coupling
 from .distribution import Flow, StandardNormal, StudentT
@@ -16,7 +16,7 @@ from .train import fit_to_data
 from .transformers import Affine, RationalQuadraticSpline
 
 __all__ = [
-    "Bijection", "Chain", "Invert", "Scan", "NoInverseError",
+    "Bijection", "Chain", "Frozen", "Invert", "Scan", "NoInverseError",
     "Coupling", "affine_coupling", "spline_coupling", "MaskedAutoregressive",
     "Planar", "Radial", "Sylvester",
     "ActNorm", "LULinear", "Permute", "RandomPermute", "Reverse", "TriangularAffine",

@@ -134,6 +134,28 @@ class Invert(Bijection):
         return self.bijection._forward(y, context)
 
 
+class Frozen(Bijection):
+    """``b`` with its parameters held fixed: gradients stop at them, so an optimiser never
+    moves them (Adam's update for a zero gradient is zero).
+
+    Used for a fixed change of coordinates, e.g. whitening by a Laplace approximation
+    ``x = mode + L v`` after trainable layers that then work in units of the posterior's
+    standard deviations."""
+
+    bijection: Bijection
+
+    def __init__(self, bijection: Bijection):
+        self.bijection = bijection
+        self.dim = bijection.dim
+        self.cond_dim = bijection.cond_dim
+
+    def _forward(self, x, context):
+        return jax.lax.stop_gradient(self.bijection)._forward(x, context)
+
+    def _inverse(self, y, context):
+        return jax.lax.stop_gradient(self.bijection)._inverse(y, context)
+
+
 class Scan(Bijection):
     """``n`` layers of identical structure applied in turn with ``jax.lax.scan``.
 
