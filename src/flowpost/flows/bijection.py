@@ -113,12 +113,8 @@ class Chain(Bijection):
         return y, total
 
 
-class Invert(Bijection):
-    """The inverse bijection: ``forward`` is ``b.inverse`` and vice versa.
-
-    An inverse autoregressive flow is an inverted masked autoregressive one
-    (Kingma et al. 2016; Papamakarios et al. 2017, section 3.3).
-    """
+class _Wrapper(Bijection):
+    """A bijection defined by another one, ``self.bijection`` (same dim and context)."""
 
     bijection: Bijection
 
@@ -126,6 +122,14 @@ class Invert(Bijection):
         self.bijection = bijection
         self.dim = bijection.dim
         self.cond_dim = bijection.cond_dim
+
+
+class Invert(_Wrapper):
+    """The inverse bijection: ``forward`` is ``b.inverse`` and vice versa.
+
+    An inverse autoregressive flow is an inverted masked autoregressive one
+    (Kingma et al. 2016; Papamakarios et al. 2017, section 3.3).
+    """
 
     def _forward(self, x, context):
         return self.bijection._inverse(x, context)
@@ -134,20 +138,13 @@ class Invert(Bijection):
         return self.bijection._forward(y, context)
 
 
-class Frozen(Bijection):
+class Frozen(_Wrapper):
     """``b`` with its parameters held fixed: gradients stop at them, so an optimiser never
     moves them (Adam's update for a zero gradient is zero).
 
     Used for a fixed change of coordinates, e.g. whitening by a Laplace approximation
     ``x = mode + L v`` after trainable layers that then work in units of the posterior's
     standard deviations."""
-
-    bijection: Bijection
-
-    def __init__(self, bijection: Bijection):
-        self.bijection = bijection
-        self.dim = bijection.dim
-        self.cond_dim = bijection.cond_dim
 
     def _forward(self, x, context):
         return jax.lax.stop_gradient(self.bijection)._forward(x, context)
