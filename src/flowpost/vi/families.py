@@ -44,11 +44,12 @@ def meanfield(dim: int, loc=None, chol=None) -> F.Flow:
     the Cholesky factor of a covariance ``S``, the fixed scales ``s0`` are
     ``1 / sqrt(diag(S^-1))``: the mean-field optimum for ``N(loc, S)`` (the
     KL(q||p)-optimal factorised Gaussian matches the precision's diagonal)."""
-    scale = None
+    scale = 1.0
     if chol is not None:
         inv = jnp.linalg.inv(jnp.asarray(chol))  # S^-1 = inv^T inv
-        scale = jnp.diag(1.0 / jnp.sqrt(jnp.sum(inv**2, axis=0)))
-    return F.Flow(F.Chain([F.AffineElementwise(0.0, 1.0, dim=dim), _whiten(dim, loc, scale)]))
+        scale = 1.0 / jnp.sqrt(jnp.sum(inv**2, axis=0))
+    fixed = F.Frozen(F.AffineElementwise(0.0 if loc is None else loc, scale, dim=dim))  # O(dim), not a dense map
+    return F.Flow(F.Chain([F.AffineElementwise(0.0, 1.0, dim=dim), fixed]))
 
 
 def fullrank(dim: int, loc=None, chol=None) -> F.Flow:
