@@ -17,7 +17,7 @@ Published numbers (same splits):
   (commit 6eb4497).
 
 Usage:
-    python benchmarks/uci.py                       # CPU budget: ~1500 steps per split
+    python benchmarks/uci.py                       # CPU budget: ~6000 steps per split
     python benchmarks/uci.py --epochs 400          # the protocol's epochs (GPU)
     python benchmarks/uci.py --datasets yacht,energy --families meanfield,subspace
 Writes benchmarks/results/uci.json.
@@ -77,7 +77,7 @@ def main():
     ap.add_argument("--datasets", default="yacht,bostonHousing,energy,concrete,wine-quality-red,kin8nm,power-plant,naval-propulsion-plant,"
                     "protein-tertiary-structure")
     ap.add_argument("--families", default="meanfield,subspace")
-    ap.add_argument("--steps", type=int, default=1500, help="steps per split (ignored with --epochs)")
+    ap.add_argument("--steps", type=int, default=6000, help="steps per split (ignored with --epochs)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs for every set (batch 32)")
     ap.add_argument("--splits", type=int, default=None, help="first N splits (default all)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "uci.json"))

@@ -132,6 +132,15 @@ def test_nonfinite_loss_stops_and_keeps_last_good_state():
     leaves = jax.tree.leaves(r.q)
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in leaves if jnp.issubdtype(a.dtype, jnp.inexact))
     assert np.all(np.isfinite(r.trace.elbo[:step]))
+    # fit re-runs the failing chunk up to its last finite step; the per-step guard
+    # (freeze_nonfinite, as used by vmapped fits) must land on the very same state
+    _, k_init, k_run = jax.random.split(jax.random.key(0), 3)
+    params, build = fp.vi.flat_params(fp.vi.families.make("meanfield", 1, key=k_init))
+    opt = fp.vi.default_optimizer(2000, 0.05)
+    guarded = fp.vi.freeze_nonfinite(fp.vi.make_step(build, fp.vi.objectives.get("elbo"), jax.vmap(log_prob), opt, 256))
+    state, _ = jax.jit(lambda s: jax.lax.scan(guarded, s, None, length=2000))(fp.vi.FitState.init(params, opt, k_run))
+    assert int(state.failed_at) == step and int(state.step) == step
+    np.testing.assert_allclose(state.params, fp.vi.flat_params(r.q)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_bad_input_is_caught_before_training(gauss):

@@ -4,10 +4,11 @@ This layer knows nothing of VAEs or of the command line.
 """
 
 from . import families, objectives, targets
-from .fit import FitState, default_optimizer, fit, flat_params, make_step
+from .fit import FitState, default_optimizer, fit, flat_params, freeze_nonfinite, make_step
 from .init import laplace
 from .result import FitResult, compare, load, psis
 from .target import Target, flatten_draws
 
-__all__ = ["Target", "targets", "families", "objectives", "fit", "FitResult", "FitState", "make_step", "flat_params",
+__all__ = ["Target", "targets", "families", "objectives", "fit", "FitResult", "FitState", "make_step", "freeze_nonfinite",
+           "flat_params",
            "default_optimizer", "laplace", "load", "compare", "psis", "flatten_draws"]

@@ -8,8 +8,8 @@ The unbiased minibatch ELBO (Hoffman et al. 2013; Blundell et al. 2015): for a b
 has expectation (over the batch) equal to the full-batch ``log p(theta, D) - log q(theta)``.
 One epoch visits ``floor(N / |B|)`` batches of a fresh random permutation (every batch is
 a uniformly random subset, so each is unbiased); an epoch is one ``lax.scan`` over the
-batches, and the optimisation step is :func:`flowpost.vi.make_step` (STL ELBO, NaN
-freeze) with the batch's log density. Several data sets of equal shape (the 20 UCI
+batches, and the optimisation step is :func:`flowpost.vi.make_step` (STL ELBO) under
+:func:`flowpost.vi.freeze_nonfinite` (each split freezes at its last finite step) with the batch's log density. Several data sets of equal shape (the 20 UCI
 splits) train in ONE compiled program by ``vmap`` over a leading axis (:func:`fit_many`).
 """
 
@@ -28,7 +28,7 @@ import optax
 
 from ...vi import objectives
 from ..._progress import ProgressBar
-from ...vi.fit import FitState, Trace, _as_key, default_optimizer, flat_params, make_step
+from ...vi.fit import FitState, Trace, _as_key, default_optimizer, flat_params, freeze_nonfinite, make_step
 from . import families
 from .model import BNN
 
@@ -138,7 +138,8 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
         idx = jax.random.permutation(k_perm, n)[: n_batches * batch].reshape(n_batches, batch)
 
         def one_batch(st, i):
-            step = make_step(build, obj, minibatch_log_joint(model, x[i], y[i], n), optimizer, num_samples)
+            step = freeze_nonfinite(make_step(build, obj, minibatch_log_joint(model, x[i], y[i], n), optimizer,
+                                              num_samples))
             return step(st, None)
 
         state, tr = jax.lax.scan(one_batch, state._replace(key=k_rest), idx)
