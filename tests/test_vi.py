@@ -218,6 +218,20 @@ def test_cli_fit_writes_results(tmp_path):
     assert bad.exit_code == 2 and "unknown target" in bad.output
 
 
+def test_cli_fit_defaults_are_the_library_defaults():
+    # the CLI spells fp.fit's defaults out (so `--help` needs no jax import); they must agree
+    import inspect
+
+    from flowpost.cli import fit as cli_fit
+
+    lib = inspect.signature(fp.fit).parameters
+    shared = [n for n, p in inspect.signature(cli_fit).parameters.items()
+              if n in lib and lib[n].default is not inspect.Parameter.empty]
+    assert {"family", "objective", "steps", "num_samples", "learning_rate"} <= set(shared)
+    for n in shared:
+        assert inspect.signature(cli_fit).parameters[n].default.default == lib[n].default, n
+
+
 def test_stl_is_skipped_for_flows_without_a_one_pass_inverse():
     from flowpost.vi import objectives
 
