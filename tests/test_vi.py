@@ -224,12 +224,11 @@ def test_cli_fit_defaults_are_the_library_defaults():
 
     from flowpost.cli import fit as cli_fit
 
-    lib = inspect.signature(fp.fit).parameters
-    shared = [n for n, p in inspect.signature(cli_fit).parameters.items()
-              if n in lib and lib[n].default is not inspect.Parameter.empty]
+    lib, cli = inspect.signature(fp.fit).parameters, inspect.signature(cli_fit).parameters
+    shared = [n for n in cli if n in lib and lib[n].default is not inspect.Parameter.empty]
     assert {"family", "objective", "steps", "num_samples", "learning_rate"} <= set(shared)
     for n in shared:
-        assert inspect.signature(cli_fit).parameters[n].default.default == lib[n].default, n
+        assert cli[n].default.default == lib[n].default, n
 
 
 def test_stl_is_skipped_for_flows_without_a_one_pass_inverse():

@@ -9,6 +9,5 @@ from .init import laplace
 from .result import FitResult, compare, load, psis
 from .target import Target, flatten_draws
 
-__all__ = ["Target", "targets", "families", "objectives", "fit", "FitResult", "FitState", "make_step", "freeze_nonfinite",
-           "flat_params",
-           "default_optimizer", "laplace", "load", "compare", "psis", "flatten_draws"]
+__all__ = ["Target", "targets", "families", "objectives", "fit", "FitResult", "FitState", "make_step",
+           "freeze_nonfinite", "flat_params", "default_optimizer", "laplace", "load", "compare", "psis", "flatten_draws"]

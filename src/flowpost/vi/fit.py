@@ -107,7 +107,7 @@ def freeze_nonfinite(step):
 
     def guarded(state: FitState, x):
         new, tr = step(state, x)
-        ok = jnp.isfinite(tr.loss) & jnp.isfinite(tr.grad_norm) & (state.failed_at < 0)
+        ok = _finite(tr, jnp) & (state.failed_at < 0)
         keep = lambda a, b: jax.tree.map(lambda u, v: jnp.where(ok, u, v), a, b)  # noqa: E731
         failed_at = jnp.where((state.failed_at < 0) & ~ok, state.step, state.failed_at)
         return FitState(keep(new.params, state.params), keep(new.opt_state, state.opt_state), new.key,
@@ -116,9 +116,14 @@ def freeze_nonfinite(step):
     return guarded
 
 
+def _finite(trace: Trace, xp):
+    """Whether each step of ``trace`` succeeded: its loss and gradient norm are finite."""
+    return xp.isfinite(trace.loss) & xp.isfinite(trace.grad_norm)
+
+
 def first_nonfinite(trace: Trace) -> int | None:
     """Index of the first step of ``trace`` whose loss or gradient norm is not finite."""
-    bad = np.flatnonzero(~(np.isfinite(trace.loss) & np.isfinite(trace.grad_norm)))
+    bad = np.flatnonzero(~_finite(trace, np))
     return int(bad[0]) if bad.size else None
 
 

@@ -8,9 +8,10 @@ The unbiased minibatch ELBO (Hoffman et al. 2013; Blundell et al. 2015): for a b
 has expectation (over the batch) equal to the full-batch ``log p(theta, D) - log q(theta)``.
 One epoch visits ``floor(N / |B|)`` batches of a fresh random permutation (every batch is
 a uniformly random subset, so each is unbiased); an epoch is one ``lax.scan`` over the
-batches, and the optimisation step is :func:`flowpost.vi.make_step` (STL ELBO) under
-:func:`flowpost.vi.freeze_nonfinite` (each split freezes at its last finite step) with the batch's log density. Several data sets of equal shape (the 20 UCI
-splits) train in ONE compiled program by ``vmap`` over a leading axis (:func:`fit_many`).
+batches, and the optimisation step is :func:`flowpost.vi.make_step` (STL ELBO) with the
+batch's log density, under :func:`flowpost.vi.freeze_nonfinite` (each split freezes at its
+last finite step). Several data sets of equal shape (the 20 UCI splits) train in ONE
+compiled program by ``vmap`` over a leading axis (:func:`fit_many`).
 """
 
 from __future__ import annotations
