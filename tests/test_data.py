@@ -25,6 +25,16 @@ def no_download(monkeypatch):
     monkeypatch.setattr(data, "_download", fail)
 
 
+def test_fp_data_is_this_module():
+    # a fresh interpreter: nothing else has imported flowpost.data before fp.data is read
+    import subprocess
+    import sys
+
+    code = "import flowpost as fp; print(fp.data.__name__, fp.data.path.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["flowpost.data", "path"]
+
+
 def test_data_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("FLOWPOST_DATA", str(tmp_path))
     assert data.data_dir() == tmp_path
