@@ -307,6 +307,23 @@ class FlowjaxRunner(Runner):
         return self._draw(state[0], key, n)
 
 
+def target_gradient_chunk(target, num_samples, every):
+    """The floor under every row: ``every`` steps of only what no flow library can skip, the
+    draws' noise and the gradient of the target's log density at ``num_samples`` points (no
+    flow, no optimiser). A library that is Rx NumPyro's rate must run its flow, its ELBO and
+    Adam in what is left of NumPyro's step after this."""
+    log_p = jax.vmap(target.log_prob)
+
+    def step(carry, _):
+        u, key = carry
+        key, sub = jax.random.split(key)
+        g = jax.grad(lambda v: jnp.mean(log_p(v)))(u + jax.random.normal(sub, u.shape))
+        return (u + 1e-9 * g, key), None
+
+    return jax.jit(lambda c: jax.lax.scan(step, c, None, length=every)[0]), \
+        (jnp.zeros((num_samples, target.dim)), jax.random.key(0))
+
+
 # ---------------------------------------------------------------- the measurement
 
 
@@ -378,14 +395,18 @@ def run_row(name, target, reference, runners, a, key):
         rows.append({"posterior": name, "library": r.library, "flow": r.flow, "params": r.params,
                      "first_chunk_s": first, "init_s": r.init_s, "checkpoints": checks, "reached": reached})
     console.print(f"  steady state: interleaved timing ({a.repeats} repeats)... load: {load()}")
-    per_chunk = time_interleaved([r.chunk for r in runners], [(r.final,) for r in runners], a.repeats,
-                                 target_s=a.target_s)
+    floor_chunk, floor_state = target_gradient_chunk(target, a.num_samples, a.every)
+    *per_chunk, floor = time_interleaved([r.chunk for r in runners] + [floor_chunk],
+                                         [(r.final,) for r in runners] + [(floor_state,)], a.repeats,
+                                         target_s=a.target_s)
     for row, r, t in zip(rows, runners, per_chunk):
         row["steps_per_s"] = a.every / t
         row["compile_s"] = max(row["first_chunk_s"] - t, 0.0)
         # later chunks far slower than the steady state: recompilations (their excess time)
         slow = [c["chunk_s"] - t for c in row["checkpoints"][2:] if c["chunk_s"] > 2 * t + 0.5]
         row["recompiles"], row["recompile_s"] = len(slow), float(sum(slow))
+        row["target_gradient_only_steps_per_s"] = a.every / floor
+    console.print(f"  floor: noise + gradient of log p at {a.num_samples} draws alone, {a.every / floor:.0f} steps/s")
     return rows
 
 
@@ -500,6 +521,10 @@ def main():
                       f"{ratio:.2f} / {ratio_loop:.2f}", f"{r['compile_s']:.2f}" + (f" (+{r['recompiles']} recompiles, "
                       f"{r['recompile_s']:.1f} s)" if r["recompiles"] else ""), fmt_reached(r, a.steps))
     console.print(table)
+    for name, r in np_rows.items():
+        f = r["target_gradient_only_steps_per_s"]
+        console.print(f"{name}: the target's gradient alone (noise + grad log p at {a.num_samples} draws, no flow, "
+                      f"no optimiser) runs at {f:.0f} steps/s = {f / r['steps_per_s']:.2f} x NumPyro (lax.scan)")
     console.print(f"load before: {load_before}\nload after:  {load_after}")
 
     payload = {"settings": {k: v for k, v in vars(a).items() if k != "out"}, "machine": machine_info(),
