@@ -6,6 +6,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import flowpost as fp
@@ -143,6 +144,63 @@ def test_nonfinite_loss_stops_and_keeps_last_good_state():
     np.testing.assert_allclose(state.params, fp.vi.flat_params(r.q)[0], rtol=1e-5, atol=1e-6)
 
 
+def test_nonfinite_update_is_caught_at_its_own_step():
+    # the loss and gradient stay finite but the update of step 7 is NaN (a schedule gone
+    # wrong): the kept state must be the one after steps 0..6, finite, not step 7's NaN
+    t = fp.Target(lambda u: -0.5 * jnp.sum((u - 1.0) ** 2), 2, name="unit")
+    bad_at = 7
+
+    def make_opt():
+        return optax.chain(optax.adam(1e-2), optax.scale_by_schedule(lambda i: jnp.where(i == bad_at, jnp.nan, 1.0)))
+
+    with pytest.warns(RuntimeWarning, match=f"not finite at step {bad_at};"):
+        r = fp.fit(t, family="meanfield", steps=50, optimizer=make_opt(), key=jax.random.key(0), progress=False)
+    assert r.steps == bad_at and len(r.trace.loss) == bad_at
+    assert np.all(np.isfinite(r.sample(jax.random.key(1), 100)["theta"]))
+    ok = fp.fit(t, family="meanfield", steps=bad_at, optimizer=optax.adam(1e-2), key=jax.random.key(0), progress=False)
+    np.testing.assert_allclose(fp.vi.flat_params(r.q)[0], fp.vi.flat_params(ok.q)[0], rtol=1e-6)
+    # the per-step guard of vmapped fits stops at the same step with the same state
+    _, k_init, k_run = jax.random.split(jax.random.key(0), 3)
+    params, build = fp.vi.flat_params(fp.vi.families.make("meanfield", 2, fp.vi.laplace(t.log_prob, 2).mode,
+                                                          fp.vi.laplace(t.log_prob, 2).chol, key=k_init))
+    opt = make_opt()
+    guarded = fp.vi.freeze_nonfinite(fp.vi.make_step(build, fp.vi.objectives.get("elbo"), jax.vmap(t.log_prob), opt, 256))
+    state, _ = jax.jit(lambda s: jax.lax.scan(guarded, s, None, length=50))(fp.vi.FitState.init(params, opt, k_run))
+    assert int(state.failed_at) == bad_at and int(state.step) == bad_at
+    np.testing.assert_allclose(state.params, fp.vi.flat_params(r.q)[0], rtol=1e-6)
+
+
+def test_bad_options_are_caught_before_training(gauss):
+    key = jax.random.key(0)
+    for opts, match in (({"learning_rate": -1.0}, "learning_rate"), ({"learning_rate": float("nan")}, "learning_rate"),
+                        ({"objective": "iwelbo", "objective_options": {"k": 0}}, "`k` must be a positive integer"),
+                        ({"objective": "renyi", "objective_options": {"alpha": -1.0}}, "`alpha` must be"),
+                        ({"objective": "elbo", "objective_options": {"k": 8}}, "takes the options")):
+        with pytest.raises(ValueError, match=match):
+            fp.fit(gauss, key=key, progress=False, **opts)
+    with pytest.raises(ValueError, match="real floating-point scalar, got dtype int32"):
+        fp.fit(fp.Target(lambda u: jnp.sum(u > 0).astype(jnp.int32), 2), key=key, progress=False)
+    # a density that is -inf on half of R^dim: warned before training, with what to do
+    half = fp.Target(lambda u: jnp.where(u[0] > 0, -0.5 * jnp.sum(u**2), -jnp.inf), 2)
+    with pytest.warns(RuntimeWarning, match="infinite at .* of 8 random.*reparameterise"):
+        fp.fit(half, family="meanfield", init="standard", steps=1, key=key, progress=False)
+    r = fp.fit(gauss, family="meanfield", steps=20, key=key, progress=False)
+    for call in (lambda: r.diagnostics(n=1), lambda: r.resample(key, -1), lambda: r.sample(key, 0)):
+        with pytest.raises(ValueError, match="must be an integer >="):
+            call()
+    assert "too few to judge convergence" in " ".join(r.diagnostics(n=100)["warnings"])
+
+
+def test_float32_log_prob_under_x64():
+    # a float32 log density in a float64 session: cast, not an L-BFGS type error
+    with jax.enable_x64(True):
+        t = fp.Target(lambda u: -0.5 * jnp.sum(u.astype(jnp.float32) ** 2), 2)
+        r = fp.fit(t, family="fullrank", steps=300, key=jax.random.key(0), progress=False)
+        u, _ = r.sample_unconstrained(jax.random.key(1), 20000)
+        assert u.dtype == jnp.float64
+        np.testing.assert_allclose(np.std(np.asarray(u), 0), 1.0, atol=0.05)
+
+
 def test_bad_input_is_caught_before_training(gauss):
     with pytest.raises(ValueError, match="NaN"):
         fp.fit(fp.Target(lambda u: jnp.nan * jnp.sum(u), 3), key=jax.random.key(0), progress=False)
@@ -180,8 +238,18 @@ def test_save_load_roundtrip_and_arviz(gauss, tmp_path):
     import arviz as az
 
     assert az.from_netcdf(tmp_path / "run" / "posterior.nc").posterior["theta"].shape == (1, 4000, DIM)
-    with pytest.raises(ValueError, match="pass `target=`"):  # "gaussian4" is not a registered name
-        fp.load(tmp_path / "run")
+    # a built-in target is rebuilt from its name and keywords (gaussian, dim=4, seed=3)
+    again = fp.load(tmp_path / "run")
+    assert again.target.dim == DIM and again.target.builtin == {"name": "gaussian", "kwargs": {"dim": DIM, "seed": 3}}
+    np.testing.assert_allclose(again.sample(jax.random.key(5), 10)["theta"], a["theta"])
+    # a user's target that merely shares a built-in's name is not silently swapped for it
+    banana = fp.Target(lambda u: -0.5 * jnp.sum((u - 10.0) ** 2), 2, name="banana")
+    r2 = fp.fit(banana, family="meanfield", steps=50, key=jax.random.key(0), progress=False)
+    r2.save(tmp_path / "user")
+    with pytest.raises(ValueError, match="a user's target.*pass `target=`"):
+        fp.load(tmp_path / "user")
+    np.testing.assert_allclose(fp.load(tmp_path / "user", target=banana).sample(jax.random.key(1), 5)["theta"],
+                               r2.sample(jax.random.key(1), 5)["theta"])
 
 
 def test_same_key_same_result(gauss):
@@ -216,6 +284,12 @@ def test_cli_fit_writes_results(tmp_path):
         assert (out / f).stat().st_size > 0
     bad = CliRunner().invoke(app, ["fit", "no_such_target"])
     assert bad.exit_code == 2 and "unknown target" in bad.output
+    # an unusable --out or --draws is refused before any training
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args, msg in ((["--out", str(afile)], "cannot be used as a folder"), (["--draws", "0"], "--draws")):
+        bad = CliRunner().invoke(app, ["fit", "banana", "--steps", "10", *args])
+        assert bad.exit_code == 2 and msg in bad.output and "ELBO" not in bad.output, bad.output
 
 
 def test_cli_fit_defaults_are_the_library_defaults():

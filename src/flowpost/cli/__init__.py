@@ -69,6 +69,15 @@ def fit(
     except (ValueError, TypeError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
+    if draws < 10:
+        console.print(f"[red]error:[/red] --draws must be at least 10 (PSIS needs a tail), got {draws}")
+        raise typer.Exit(2)
+    if out is not None:  # before training: a fit must not be lost to an unusable --out
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            console.print(f"[red]error:[/red] --out {out} cannot be used as a folder: {e}")
+            raise typer.Exit(2)
     try:
         result = fp.fit(t, family=family, objective=objective, steps=steps, num_samples=num_samples,
                         learning_rate=learning_rate, key=jax.random.key(seed))
@@ -97,7 +106,6 @@ def fit(
     for w in diag["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         result.save(out)
         plots.loss_curve(result.trace, out / "loss.png", title=f"{t.name} ({family}, {objective})")
         flat = fp.vi.flatten_draws(result.sample(key, draws))

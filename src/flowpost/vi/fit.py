@@ -11,6 +11,7 @@ returns what was trained so far.
 
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from typing import Any, NamedTuple
@@ -33,7 +34,7 @@ class FitState(NamedTuple):
     opt_state: Any
     key: jax.Array
     step: jax.Array  # steps taken (int)
-    failed_at: jax.Array  # first step whose loss or gradient was not finite, else -1
+    failed_at: jax.Array  # first step whose loss, gradient or update was not finite, else -1
 
     @classmethod
     def init(cls, params, optimizer: optax.GradientTransformation, key) -> "FitState":
@@ -43,9 +44,14 @@ class FitState(NamedTuple):
 
 
 class Trace(NamedTuple):
+    """Per step: the loss and ELBO estimate at the parameters before the step, the norm of
+    their gradient and the norm of the optimiser's update (finite exactly when the new
+    parameters are, given finite old ones)."""
+
     loss: jax.Array
     elbo: jax.Array
     grad_norm: jax.Array
+    update_norm: jax.Array
 
 
 def default_optimizer(steps: int, learning_rate: float = 5e-3) -> optax.GradientTransformation:
@@ -81,7 +87,7 @@ def make_step(build, objective, log_p, optimizer, num_samples):
     """One optimisation step ``(state, _) -> (state, Trace)``.
 
     ``build(state.params)`` is the variational family (see :func:`flat_params`). The step
-    has no guard: a non-finite loss or gradient poisons the parameters. :func:`fit` checks
+    has no guard: a non-finite loss, gradient or update poisons the parameters. :func:`fit` checks
     each chunk's trace and, on a non-finite entry, re-runs that chunk from its start up to
     the last finite step (free when nothing fails); :func:`freeze_nonfinite` is the per-step
     guard for loops that cannot re-run (e.g. many fits ``vmap``-ed together)."""
@@ -94,13 +100,13 @@ def make_step(build, objective, log_p, optimizer, num_samples):
         (loss, elbo), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, sub)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         new = FitState(optax.apply_updates(state.params, updates), opt_state, key, state.step + 1, state.failed_at)
-        return new, Trace(loss, elbo, optax.tree.norm(grads))
+        return new, Trace(loss, elbo, optax.tree.norm(grads), optax.tree.norm(updates))
 
     return step
 
 
 def freeze_nonfinite(step):
-    """``step`` guarded per step: once a loss or gradient norm is not finite, parameters and
+    """``step`` guarded per step: once a loss, gradient or update is not finite, parameters and
     optimiser state stay at the last finite step, ``failed_at`` records the step and
     ``step`` stops counting. About 15% slower per step on small problems (a ``where`` per
     state leaf), hence not used by :func:`fit`, which recovers per chunk instead."""
@@ -117,17 +123,22 @@ def freeze_nonfinite(step):
 
 
 def _finite(trace: Trace, xp):
-    """Whether each step of ``trace`` succeeded: its loss and gradient norm are finite."""
-    return xp.isfinite(trace.loss) & xp.isfinite(trace.grad_norm)
+    """Whether each step of ``trace`` succeeded: its loss, gradient and update are finite
+    (a finite loss and gradient can still give non-finite parameters, e.g. through a
+    non-finite learning rate or an overflowing update)."""
+    return xp.isfinite(trace.loss) & xp.isfinite(trace.grad_norm) & xp.isfinite(trace.update_norm)
 
 
 def first_nonfinite(trace: Trace) -> int | None:
-    """Index of the first step of ``trace`` whose loss or gradient norm is not finite."""
+    """Index of the first step of ``trace`` whose loss, gradient or update is not finite."""
     bad = np.flatnonzero(~_finite(trace, np))
     return int(bad[0]) if bad.size else None
 
 
 def _check_target(target, key):
+    """Clear errors for a bad target before anything is compiled; returns its log density,
+    cast to the input's dtype if it returns another float (a float32 ``log_prob`` under
+    ``jax_enable_x64``), and warns if part of the probe points have an infinite density."""
     if not isinstance(target, Target):
         raise TypeError(f"fit: `target` must be a flowpost.Target (see fp.Target, fp.targets.get, "
                         f"fp.targets.from_numpyro), got {type(target).__name__}")
@@ -139,16 +150,28 @@ def _check_target(target, key):
     if out.shape != ():
         raise ValueError(f"fit: target.log_prob must return a scalar for one vector of shape ({target.dim},), "
                          f"got shape {out.shape}; is `dim` right?")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"fit: target.log_prob must return a real floating-point scalar, got dtype {out.dtype}")
+    log_prob = target.log_prob
+    if out.dtype != u.dtype:
+        log_prob = lambda v: target.log_prob(v).astype(v.dtype)  # noqa: E731
     probe = jax.random.normal(key, (8, target.dim))
-    values = np.asarray(jax.jit(jax.vmap(target.log_prob))(probe))
-    zero = float(jax.jit(target.log_prob)(u))
+    values = np.asarray(jax.jit(jax.vmap(log_prob))(probe))
+    zero = float(jax.jit(log_prob)(u))
     if np.any(np.isnan(values)) or np.isnan(zero):
         raise ValueError("fit: target.log_prob returns NaN at some of 0 and 8 random N(0, I) points "
-                         f"({zero}, {values.tolist()}); a log density may be -inf but never NaN.")
+                         f"({zero}, {values.tolist()}); a log density must never be NaN.")
     if not np.isfinite(zero) and not np.any(np.isfinite(values)):
         raise ValueError("fit: target.log_prob is not finite at 0 nor at 8 random N(0, I) points "
                          f"(values {zero}, {values.tolist()}); check the density and its support "
                          "(log_prob must be defined on all of R^dim: map constrained parameters with `constrain`).")
+    if not np.all(np.isfinite(values)):
+        warnings.warn(f"fit: target.log_prob is infinite at {int(np.sum(~np.isfinite(values)))} of 8 random "
+                      f"N(0, I) points ({values.tolist()}). Every family has support on all of R^dim, so a draw "
+                      "there makes the loss infinite and stops the fit: if the density has a restricted support, "
+                      "reparameterise it onto R^dim (e.g. log for a positive parameter) and map back with "
+                      "`constrain`.", RuntimeWarning, stacklevel=3)
+    return log_prob
 
 
 def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, num_samples: int = 256,
@@ -188,15 +211,18 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
     for name, v in (("steps", steps), ("num_samples", num_samples), ("chunk", chunk)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"fit: `{name}` must be a positive integer, got {v!r}")
+    if optimizer is None and not (isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool)
+                                  and 0 < learning_rate < float("inf")):
+        raise ValueError(f"fit: `learning_rate` must be a positive finite number, got {learning_rate!r}")
     if init not in ("laplace", "standard"):
         raise ValueError(f"fit: `init` must be 'laplace' or 'standard', got {init!r}")
     k_check, k_init, k_run = jax.random.split(key, 3)
-    _check_target(target, k_check)
+    log_prob = _check_target(target, k_check)
     obj = objectives.get(objective, **(objective_options or {}))
 
     start = None
     if isinstance(family, str) and init == "laplace":
-        start = laplace(target.log_prob, target.dim)
+        start = laplace(log_prob, target.dim)
         q = families.make(family, target.dim, start.mode, start.chol, key=k_init)
     else:
         q = families.make(family, target.dim, key=k_init)
@@ -206,7 +232,7 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
     optimizer = optimizer or default_optimizer(steps, learning_rate)
     params, build = flat_params(q)
     state = FitState.init(params, optimizer, k_run)
-    log_p = jax.vmap(target.log_prob)
+    log_p = jax.vmap(log_prob)
     step = make_step(build, obj, log_p, optimizer, num_samples)
 
     @eqx.filter_jit
@@ -228,8 +254,9 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
                     state = run_chunk(start_state, bad)[0] if bad else start_state
                     traces.append(jax.tree.map(lambda a: a[:bad], tr))
                     failed = done + bad
-                    message = (f"stopped: the loss or its gradient was not finite at step {failed}; "
-                               f"kept the state of step {failed - 1 if failed else 'init'} (the last finite one)")
+                    message = (f"stopped: the loss, its gradient or the update was not finite at step {failed}; "
+                               + (f"kept the state after the {failed} steps before it (the last finite one)"
+                                  if failed else "kept the initial state"))
                     break
                 traces.append(tr)
                 done += n

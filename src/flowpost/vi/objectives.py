@@ -21,7 +21,9 @@ gradient is the estimator named below, and the plain ELBO estimate of the same d
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -99,12 +101,29 @@ def fkl(q, log_p, key, n):
     return -jnp.sum(w * log_q), jnp.mean(lw)
 
 
+# the options of the named objectives: check and what it must be
+_OPTIONS = {
+    "k": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1, "a positive integer"),
+    "alpha": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+              "a finite number >= 0 (alpha < 0 gives an upper bound on log p, not a variational bound)"),
+    "stl": (lambda v: isinstance(v, bool), "True or False"),
+}
+
+
 def get(objective, **options):
     """The objective function by name, with its options bound (``k=`` for iwelbo,
-    ``alpha=`` for renyi, ``stl=`` for elbo)."""
+    ``alpha=`` for renyi, ``stl=`` for elbo), checked before anything is traced."""
     table = {"elbo": elbo, "iwelbo": iwelbo, "renyi": renyi, "fkl": fkl}
     if callable(objective):
         return functools.partial(objective, **options) if options else objective
     if objective not in table:
         raise ValueError(f"fit: `objective` must be one of {OBJECTIVES} or a callable, got {objective!r}")
-    return functools.partial(table[objective], **options) if options else table[objective]
+    fn = table[objective]
+    allowed = list(inspect.signature(fn).parameters)[4:]
+    for name, value in options.items():
+        if name not in allowed:
+            raise ValueError(f"fit: objective {objective!r} takes the options {allowed or 'none'}, got {name!r}")
+        ok, what = _OPTIONS[name]
+        if not ok(value):
+            raise ValueError(f"fit: objective option `{name}` must be {what}, got {value!r}")
+    return functools.partial(fn, **options) if options else fn

@@ -61,6 +61,7 @@ class FitResult:
     # -- draws --------------------------------------------------------------------------
     def sample_unconstrained(self, key, n: int) -> tuple[jax.Array, jax.Array]:
         """``(u (n, dim), log q(u) (n,))`` in the unconstrained space."""
+        _check_count("n", n)
         return _sample(self.q, key, n)
 
     def sample(self, key, n: int) -> dict[str, np.ndarray]:
@@ -93,6 +94,7 @@ class FitResult:
         estimate vs. the ELBO), ``warnings`` (list of str) and ``message``.
         """
         key = jax.random.key(12345) if key is None else key
+        _check_count("n", n, least=10)  # PSIS fits a tail to the largest weights: it needs some
         _, log_w = self.log_weights(key, n)
         finite = np.isfinite(log_w)
         lw, khat = psis(log_w)
@@ -110,7 +112,9 @@ class FitResult:
             notes.append(f"k-hat {khat:.2f} > 0.7: importance weights are unreliable; q misses part of the posterior")
         elif khat > 0.5:
             notes.append(f"k-hat {khat:.2f} in (0.5, 0.7]: usable, but treat tails and variances with care")
-        if not conv["converged"]:
+        if not np.isfinite(conv["elbo_slope"]):
+            notes.append(f"{len(self.trace.elbo)} steps are too few to judge convergence (50 at least)")
+        elif not conv["converged"]:
             notes.append(f"the ELBO was still moving at the end ({conv['elbo_slope']:+.3g} nats / 1000 steps): "
                          "run more steps")
             if khat <= 0.7:
@@ -140,7 +144,9 @@ class FitResult:
     def resample(self, key, n: int, pool: int | None = None) -> dict[str, np.ndarray]:
         """``n`` PSIS-corrected draws (model space): ``pool`` draws from ``q`` (default
         ``max(4n, 4000)``) resampled with their Pareto-smoothed importance weights."""
+        _check_count("n", n)
         pool = pool or max(4 * n, 4000)
+        _check_count("pool", pool)
         k1, k2 = jax.random.split(key)
         u, log_w = self.log_weights(k1, pool)
         lw, _ = psis(log_w)
@@ -184,13 +190,27 @@ class FitResult:
         tmp = path / "q.eqx.tmp"
         eqx.tree_serialise_leaves(tmp, self.q)
         os.replace(tmp, path / "q.eqx")
-        meta = {"format": 1, "target": self.target.name, "dim": self.target.dim, "family": self.family,
+        meta = {"format": 2, "target": self.target.name, "builtin": _json_or_none(self.target.builtin),
+                "dim": self.target.dim, "family": self.family,
                 "objective": self.objective, "steps": self.steps, "message": self.message, "seconds": self.seconds,
                 "structure": _structure(self.q)}
         (path / "meta.json").write_text(json.dumps(meta, indent=2))
         np.savez(path / "trace.npz", **self.trace._asdict())
         self.to_arviz().to_netcdf(str(path / "posterior.nc"))
         return path
+
+
+def _check_count(name, n, least=1):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < least:
+        raise ValueError(f"`{name}` must be an integer >= {least}, got {n!r}")
+
+
+def _json_or_none(value):
+    """``value`` if it survives JSON (a built-in target's name and keywords), else None."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return None
 
 
 def _structure(q) -> str:
@@ -232,8 +252,13 @@ def load(path, target: Target | None = None, like=None) -> FitResult:
     if target is None:
         from . import targets
 
+        builtin = meta.get("builtin") if meta.get("format", 1) >= 2 else {"name": meta["target"], "kwargs": {}}
+        if not builtin:
+            raise ValueError(f"load: the result was fitted to {meta['target']!r}, a user's target (not one of "
+                             "fp.targets.get's built-in targets, or one built with keywords that JSON cannot hold); "
+                             "pass `target=` (the same Target)")
         try:
-            target = targets.get(meta["target"])
+            target = targets.get(builtin["name"], **builtin["kwargs"])
         except (ValueError, TypeError) as e:
             raise ValueError(f"load: the result was fitted to {meta['target']!r}, which is not a built-in target; "
                              "pass `target=` (the same Target object)") from e
@@ -248,6 +273,8 @@ def load(path, target: Target | None = None, like=None) -> FitResult:
                          f"{meta['family']!r} (saved by another version or with other options); pass `like=`")
     q = eqx.tree_deserialise_leaves(path / "q.eqx", like)
     tr = np.load(path / "trace.npz")
-    return FitResult(q=q, target=target, trace=Trace(*(tr[f] for f in Trace._fields)), steps=meta["steps"],
+    # results saved before the trace had ``update_norm`` load with it NaN
+    trace = Trace(*(tr[f] if f in tr.files else np.full_like(tr["loss"], np.nan) for f in Trace._fields))
+    return FitResult(q=q, target=target, trace=trace, steps=meta["steps"],
                      message=meta["message"], seconds=meta["seconds"], family=meta["family"],
                      objective=meta["objective"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,8 @@ class Target:
             (the gold-standard draws of a posteriordb posterior, for instance).
         log_z: optional known log normalising constant of ``exp(log_prob)``.
         name: a label used in tables and file names.
+        builtin: set by :func:`flowpost.targets.get` (``{"name": ..., "kwargs": {...}}``)
+            so that :func:`flowpost.load` can rebuild a built-in target; leave it ``None``.
     """
 
     log_prob: Callable[[Array], Array]
@@ -48,6 +51,7 @@ class Target:
     reference: Mapping[str, np.ndarray] | None = None
     log_z: float | None = None
     name: str = "target"
+    builtin: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         if not callable(self.log_prob):

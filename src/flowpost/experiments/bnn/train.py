@@ -179,7 +179,7 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     for p in range(n_sets):
         msg = message
         if failed[p] >= 0:
-            msg = (f"stopped: the loss or its gradient was not finite at step {int(failed[p])}; kept the state "
+            msg = (f"stopped: the loss, its gradient or the update was not finite at step {int(failed[p])}; kept the state "
                    f"of the last finite step")
             warnings.warn(f"bnn.fit: data set {p}: {msg}", RuntimeWarning, stacklevel=2)
         qp = build(states.params[p])

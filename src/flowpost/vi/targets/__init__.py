@@ -10,6 +10,7 @@ Toy and 2-D targets: :mod:`.builtin`; posteriordb: :mod:`.posteriordb`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -60,7 +61,7 @@ def get(name: str, **kwargs) -> Target:
     bad = [k for k in kwargs if k not in params]
     if bad:
         raise TypeError(f"targets.get({name!r}): unexpected keyword(s) {bad}; it takes {list(params) or 'none'}")
-    return make(**kwargs)
+    return dataclasses.replace(make(**kwargs), builtin={"name": key, "kwargs": dict(kwargs)})
 
 
 def from_numpyro(model, *args, **kwargs) -> Target:
