@@ -64,12 +64,15 @@ SHORT = {"bostonHousing": "boston", "naval-propulsion-plant": "naval", "power-pl
          "protein-tertiary-structure": "protein", "wine-quality-red": "wine"}
 
 
-def budget(name: str, steps: int) -> tuple[int, int]:
-    """(epochs, batch size) for about ``steps`` optimisation steps per split: batches of
-    32 for the small sets, 256 for those with more than 5000 training rows."""
+def budget(name: str, steps: int) -> tuple[int, int, int]:
+    """(epochs, batch size, draws per step) for about ``steps`` optimisation steps per split:
+    full batches with 8 weight draws for the small sets (at most 2000 training rows; the
+    draws are then the only gradient noise), batches of 256 with 4 draws for the others."""
     n = uci.load(name, 0).x_train.shape[0]
-    batch = 32 if n <= 5000 else 256
-    return max(1, math.ceil(steps / (n // batch))), batch
+    if n <= 2000:
+        return steps, n, 8
+    batch = 256
+    return max(1, math.ceil(steps / (n // batch))), batch, 4
 
 
 def main():
@@ -87,16 +90,16 @@ def main():
     rows = {}
     t_all = time.perf_counter()
     for name in datasets:
-        epochs, batch = (args.epochs, 32) if args.epochs else budget(name, args.steps)
+        epochs, batch, draws = (args.epochs, 32, 4) if args.epochs else budget(name, args.steps)
         splits = None if args.splits is None else min(args.splits, uci.n_splits(name))
         rows[name] = {}
         for fam in fams:
-            res = fp.bnn.run_uci(name, fam, splits=splits, epochs=epochs, batch_size=batch)
+            res = fp.bnn.run_uci(name, fam, splits=splits, epochs=epochs, batch_size=batch, num_samples=draws)
             rows[name][fam] = {k: res[k] for k in ("rmse_mean", "rmse_se", "test_ll_mean", "test_ll_se", "seconds",
-                                                   "epochs", "batch_size", "splits")}
+                                                   "epochs", "batch_size", "num_samples", "splits")}
             console.print(f"{name} {fam}: RMSE {res['rmse_mean']:.3f} ± {res['rmse_se']:.3f}  "
                           f"LL {res['test_ll_mean']:.3f} ± {res['test_ll_se']:.3f}  ({res['seconds']:.0f} s, "
-                          f"{epochs} epochs of batch {batch})")
+                          f"{epochs} epochs of batch {batch}, {draws} draws)")
             write_json(Path(args.out), _payload(rows, fams, args, time.perf_counter() - t_all))
     payload = _payload(rows, fams, args, time.perf_counter() - t_all)
     write_json(Path(args.out), payload)
