@@ -333,3 +333,15 @@ def test_frozen_bijection_gets_no_gradient_and_stays_put():
     new = optax.apply_updates(params, updates)
     np.testing.assert_array_equal(new.bijection.layers[1].bijection.off_diag, fixed.off_diag)
     assert not np.allclose(new.bijection.layers[0].loc, 0.0)
+
+
+def test_shared_softplus_matches_jax_with_its_derivatives():
+    # flowpost._math.softplus (flows and targets) has a hand-written derivative: values,
+    # first and second derivatives must be jax.nn.softplus's, from -100 to 100
+    from flowpost._math import softplus
+
+    x = jnp.linspace(-100.0, 100.0, 2001)
+    np.testing.assert_array_equal(softplus(x), jax.nn.softplus(x))
+    np.testing.assert_allclose(jax.vmap(jax.grad(softplus))(x), jax.nn.sigmoid(x), atol=1e-7)
+    d2 = jax.vmap(jax.grad(jax.grad(softplus)))(x)
+    np.testing.assert_allclose(d2, jax.nn.sigmoid(x) * jax.nn.sigmoid(-x), atol=1e-6)

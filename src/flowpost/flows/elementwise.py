@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .._math import softplus
 from .bijection import Bijection
 
 
@@ -29,7 +30,7 @@ class Softplus(_Elementwise):
     """``R -> (0, inf)``: ``y = log(1 + e^x)``, ``log dy/dx = log sigmoid(x)``."""
 
     def _forward(self, x, context):
-        return jax.nn.softplus(x), jnp.sum(jax.nn.log_sigmoid(x))
+        return softplus(x), jnp.sum(jax.nn.log_sigmoid(x))
 
     def _inverse(self, y, context):
         x = y + jnp.log(-jnp.expm1(-y))
@@ -52,11 +53,11 @@ class Tanh(_Elementwise):
     """``R -> (-1, 1)``: ``log dy/dx = 2 (log 2 - x - softplus(-2x))`` (stable form)."""
 
     def _forward(self, x, context):
-        return jnp.tanh(x), jnp.sum(2 * (jnp.log(2.0) - x - jax.nn.softplus(-2 * x)))
+        return jnp.tanh(x), jnp.sum(2 * (jnp.log(2.0) - x - softplus(-2 * x)))
 
     def _inverse(self, y, context):
         x = jnp.arctanh(y)
-        return x, -jnp.sum(2 * (jnp.log(2.0) - x - jax.nn.softplus(-2 * x)))
+        return x, -jnp.sum(2 * (jnp.log(2.0) - x - softplus(-2 * x)))
 
 
 class AffineElementwise(Bijection):

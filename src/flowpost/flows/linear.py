@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
+from .._math import softplus
 from .bijection import Bijection
 
 
@@ -150,11 +151,11 @@ class TriangularAffine(Bijection):
 
     @property
     def chol(self) -> jax.Array:
-        return jnp.tril(self.off_diag, -1) + jnp.diag(jax.nn.softplus(self.raw_diag))
+        return jnp.tril(self.off_diag, -1) + jnp.diag(softplus(self.raw_diag))
 
     def _forward(self, x, context):
-        return self.loc + self.chol @ x, jnp.sum(jnp.log(jax.nn.softplus(self.raw_diag)))
+        return self.loc + self.chol @ x, jnp.sum(jnp.log(softplus(self.raw_diag)))
 
     def _inverse(self, y, context):
         x = jsl.solve_triangular(self.chol, y - self.loc, lower=True)
-        return x, -jnp.sum(jnp.log(jax.nn.softplus(self.raw_diag)))
+        return x, -jnp.sum(jnp.log(softplus(self.raw_diag)))

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._math import softplus
 from .bijection import Bijection, NoInverseError
 from .nn import Linear
 
@@ -69,7 +70,7 @@ class Planar(Bijection):
         p = self.params(context)
         u, w, b = p["u"], p["w"], p["b"]
         wu = w @ u
-        m = -1.0 + jax.nn.softplus(wu + _SOFTPLUS_ONE)
+        m = -1.0 + softplus(wu + _SOFTPLUS_ONE)
         u_hat = u + (m - wu) * w / (w @ w)
         return u_hat, w, b
 
@@ -118,8 +119,8 @@ class Radial(Bijection):
 
     def _abz(self, context):
         p = self.params(context)
-        alpha = jax.nn.softplus(p["alpha"])
-        return alpha, -alpha + jax.nn.softplus(p["beta"]), p["z0"]
+        alpha = softplus(p["alpha"])
+        return alpha, -alpha + softplus(p["beta"]), p["z0"]
 
     @staticmethod
     def _norm(v):

@@ -15,25 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._math import softplus
+
 _SOFTPLUS_ONE = float(np.log(np.expm1(1.0)))  # softplus(_SOFTPLUS_ONE) == 1
-
-
-@jax.custom_jvp
-def _softplus(x):
-    """``jax.nn.softplus`` with a cheaper derivative (the values are the same).
-
-    ``jax.nn.softplus`` differentiates as ``exp(x - softplus(x))``: a second exponential
-    and infinity guards. Here the derivative ``sigmoid(x)`` reuses the ``exp(-|x|)`` that
-    the value computes (XLA merges the two).
-    """
-    return jax.nn.softplus(x)
-
-
-@_softplus.defjvp
-def _softplus_jvp(primals, tangents):
-    (x,), (t,) = primals, tangents
-    e = jnp.exp(-jnp.abs(x))
-    return jax.nn.softplus(x), t * (jnp.where(x >= 0, 1.0, e) / (1.0 + e))
 
 
 def _columns(params, splits):
@@ -44,7 +28,7 @@ def _columns(params, splits):
 
 def _positive(raw, minimum):
     """``minimum + (1 - minimum) * softplus(raw + c)``: positive, equal to 1 at ``raw = 0``."""
-    return minimum + (1.0 - minimum) * _softplus(raw + _SOFTPLUS_ONE)
+    return minimum + (1.0 - minimum) * softplus(raw + _SOFTPLUS_ONE)
 
 
 @dataclasses.dataclass(frozen=True)

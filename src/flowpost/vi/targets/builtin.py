@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._math import softplus
 from ..target import Target, flat_names
 
 _N_REF = 10_000
@@ -198,7 +199,7 @@ def german_credit(prior_scale: float = 1.0) -> Target:
 
     def log_prob(beta):
         eta = jnp.asarray(x, beta.dtype) @ beta
-        ll = jnp.sum(jnp.asarray(y, beta.dtype) * eta - jax.nn.softplus(eta))
+        ll = jnp.sum(jnp.asarray(y, beta.dtype) * eta - softplus(eta))
         return ll - 0.5 * jnp.sum(beta**2) / s2 - 0.5 * 25 * (_LOG_2PI + math.log(s2))
 
     return Target(log_prob, 25, lambda b: {"beta": b}, name="german_credit")

@@ -22,8 +22,9 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.nn import log_sigmoid, sigmoid, softplus
+from jax.nn import log_sigmoid, sigmoid
 
+from ..._math import softplus
 from ..target import Target, flat_names
 
 # posterior name -> (data name, short alias)
