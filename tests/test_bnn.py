@@ -210,6 +210,11 @@ def test_cli_smoke(tmp_path):
     assert 0 <= res["accuracy_mean"] <= 1 and (tmp_path / "c" / "reliability.png").exists()
     r = CliRunner().invoke(app, ["bnn", "uci", "--dataset", "nope", "--epochs", "1"])
     assert r.exit_code == 2 and "must be one of" in r.output
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = CliRunner().invoke(app, ["bnn", "uci", "--dataset", "yacht", "--splits", "1", "--epochs", "1", "--out",
+                                 str(afile)])
+    assert r.exit_code == 2 and "cannot be used as a folder" in r.output and "test_ll" not in r.output
 
 
 def test_hierarchical_prior_and_pixel_bernoulli_densities():

@@ -22,6 +22,19 @@ def _mean_se(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std() / np.sqrt(len(v)))  # as in the PBP / dropout code
 
 
+def _out_folder(out):
+    """``out`` as a created folder (or None), checked before any training: a run must not
+    be lost to an unusable output path."""
+    if out is None:
+        return None
+    out = pathlib.Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"bnn: `out` ({out}) cannot be used as a folder: {e}") from e
+    return out
+
+
 def _split_list(name, splits, total):
     if splits is None:
         return list(range(total))
@@ -61,6 +74,7 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     if dataset not in uci.REGRESSION:
         raise ValueError(f"bnn.run_uci: `dataset` must be one of {uci.REGRESSION}, got {dataset!r}")
     chosen = _split_list(dataset, splits, uci.n_splits(dataset))
+    out = _out_folder(out)
     data = uci.load_splits(dataset, chosen)
     t0 = time.perf_counter()
     m, results = _fit(dataset, data, "gaussian", 1, hidden or uci.hidden_units(dataset), family, epochs, batch_size,
@@ -78,8 +92,6 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     out_dict["rmse_mean"], out_dict["rmse_se"] = _mean_se([r["rmse"] for r in rows])
     out_dict["test_ll_mean"], out_dict["test_ll_se"] = _mean_se([r["test_ll"] for r in rows])
     if out is not None:
-        out = pathlib.Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(out_dict, indent=2))
         pr, y = first
         predict.regression_plot(pr["mean"], pr["sd"], y, out / "predictive.png",
@@ -98,6 +110,7 @@ def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: 
     if dataset not in uci.CLASSIFICATION:
         raise ValueError(f"bnn.run_classification: `dataset` must be one of {uci.CLASSIFICATION}, got {dataset!r}")
     chosen = _split_list(dataset, splits, 20)
+    out = _out_folder(out)
     data = uci.load_splits(dataset, chosen)
     t0 = time.perf_counter()
     m, results = _fit(dataset, data, "bernoulli", 1, hidden, family, epochs, batch_size, num_samples, learning_rate,
@@ -113,8 +126,6 @@ def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: 
     for k in ("accuracy", "test_ll", "ece"):
         out_dict[f"{k}_mean"], out_dict[f"{k}_se"] = _mean_se([r[k] for r in rows])
     if out is not None:
-        out = pathlib.Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(out_dict, indent=2))
         predict.reliability_plot(np.concatenate(all_p), np.concatenate(all_y), out / "reliability.png",
                                  title=f"{dataset} ({family})")
