@@ -44,7 +44,7 @@ class FitResult:
     Attributes:
         q: the fitted family (a :class:`flowpost.flows.Flow` on ``R^dim``).
         target: the target it was fitted to.
-        trace: per-step ``loss``, ``elbo``, ``grad_norm`` arrays.
+        trace: per-step ``loss``, ``elbo``, ``grad_norm``, ``update_norm`` arrays (:class:`~.fit.Trace`).
         steps: steps taken; ``message``: how the run ended; ``seconds``: wall time.
     """
 

@@ -48,7 +48,7 @@ class BNNResult:
     Attributes:
         q: the variational family (a :class:`flowpost.flows.Flow` over ``theta``).
         model: the :class:`~flowpost.experiments.bnn.model.BNN`.
-        trace: per-epoch means of ``loss``, ``elbo``, ``grad_norm`` (arrays ``(epochs,)``).
+        trace: per-epoch means of ``loss``, ``elbo``, ``grad_norm``, ``update_norm`` (arrays ``(epochs,)``).
         epochs: epochs completed; ``message``: how the run ended; ``seconds``: wall time
             (of the whole :func:`fit_many` call when several data sets trained together).
     """
