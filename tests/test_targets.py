@@ -363,3 +363,11 @@ def test_from_numpyro_errors():
         targets.from_numpyro(observed_only)
     with pytest.raises(ValueError, match="RuntimeError: boom"):
         targets.from_numpyro(broken, 1.0)
+
+    def subsampled(x):  # a fixed subsample would silently give a wrong posterior
+        mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+        with numpyro.plate("N", x.shape[0], subsample_size=10) as idx:
+            numpyro.sample("obs", dist.Normal(mu, 1.0), obs=x[idx])
+
+    with pytest.raises(ValueError, match=r"plate 'N' subsamples 10 of 100"):
+        targets.from_numpyro(subsampled, jnp.zeros(100))

@@ -66,8 +66,8 @@ def beta_schedule(epoch: int, warmup: int) -> float:
 @eqx.filter_jit
 def run_epoch(state: TrainState, static, x, beta, learning_rate, objective: str, k: int, batch_size: int):
     """One pass over ``len(x) // batch_size`` shuffled minibatches in a ``lax.scan`` with
-    Adam; returns ``(state, mean loss, first bad step or -1)``. A step whose loss or
-    gradient is not finite is not applied, nor is any later step of the epoch.
+    Adam; returns ``(state, mean loss, first bad step or -1)``. A step whose loss,
+    gradient or update is not finite is not applied, nor is any later step of the epoch.
 
     ``static`` is the model's non-array part (``eqx.partition``); it, ``objective``, ``k``
     and ``batch_size`` are compile-time constants, the rest are traced, so runs that
@@ -92,7 +92,8 @@ def run_epoch(state: TrainState, static, x, beta, learning_rate, objective: str,
         loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], kk)
         updates, new_opt = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & (bad < 0)
+        ok = (jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & jnp.isfinite(optax.tree.norm(updates))
+              & (bad < 0))
         keep = lambda new, old: jax.tree.map(lambda u, v: jnp.where(ok, u, v), new, old)  # noqa: E731
         bad = jnp.where((bad < 0) & ~ok, i, bad)
         return (keep(new_params, params), keep(new_opt, opt_state), bad), loss

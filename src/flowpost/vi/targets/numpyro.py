@@ -32,6 +32,8 @@ def _inspect(model, args, kwargs):
         latent = {k: s for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
         found["discrete"] = [k for k, s in latent.items() if s["fn"].support.is_discrete]
         found["latent"] = list(latent)
+        found["subsampled"] = [(k, s["args"][0], s["args"][1]) for k, s in tr.items()
+                               if s["type"] == "plate" and s["args"][1] is not None and s["args"][1] < s["args"][0]]
         if found["discrete"] or not latent:
             return {}
         return unconstrain_fn(model, args, kwargs, {k: s["value"] for k, s in latent.items()})
@@ -44,6 +46,14 @@ def _inspect(model, args, kwargs):
             "Check that the model runs and is traceable by JAX, e.g. "
             "jax.jit(lambda: numpyro.handlers.seed(model, 0)(*args, **kwargs))()."
         ) from e
+    if found["subsampled"]:
+        name, size, sub = found["subsampled"][0]
+        raise ValueError(
+            f"from_numpyro: plate {name!r} subsamples {sub} of {size} (subsample_size={sub}); a Target is "
+            "one deterministic log density, so the subsample would be the same fixed rows at every step and "
+            "the posterior wrong. Remove `subsample_size` (the full data are evaluated in one vmapped "
+            "call), or, for a neural network with mini-batches, use fp.bnn."
+        )
     if found["discrete"]:
         raise ValueError(
             f"from_numpyro: the model has discrete latent sites {found['discrete']}; a flow needs a "
