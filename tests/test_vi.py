@@ -231,6 +231,14 @@ def test_save_load_roundtrip_and_arviz(gauss, tmp_path):
     back = fp.load(tmp_path / "run", target=gauss)
     a, b = r.sample(jax.random.key(5), 10), back.sample(jax.random.key(5), 10)
     np.testing.assert_allclose(a["theta"], b["theta"])
+    # and in a new process (static parts of the flow live at other addresses there)
+    import subprocess
+    import sys
+
+    code = ("import jax, numpy as np, flowpost as fp; r = fp.load(%r); "
+            "np.save(%r, r.sample(jax.random.key(5), 10)['theta'])" % (str(tmp_path / "run"), str(tmp_path / "t.npy")))
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    np.testing.assert_allclose(np.load(tmp_path / "t.npy"), a["theta"], rtol=1e-6)
     np.testing.assert_allclose(back.trace.elbo, r.trace.elbo)
     idata = r.to_arviz(n=500)
     assert idata.posterior["theta"].shape == (1, 500, DIM)

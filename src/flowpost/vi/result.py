@@ -213,8 +213,12 @@ def _json_or_none(value):
         return None
 
 
-def _structure(q) -> str:
-    return str(jax.tree.structure(eqx.filter(q, eqx.is_array)))
+def _structure(q) -> list:
+    """Path, shape and dtype of every array of ``q``, as JSON would store them: what a
+    saved result must match to be read into ``q``. (Not the tree's repr: that holds the
+    memory addresses of static functions, which differ between processes.)"""
+    leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(q, eqx.is_array))[0]
+    return [[jax.tree_util.keystr(path), list(a.shape), str(a.dtype)] for path, a in leaves]
 
 
 @eqx.filter_jit
@@ -268,7 +272,8 @@ def load(path, target: Target | None = None, like=None) -> FitResult:
         if meta["family"] not in families.FAMILIES:
             raise ValueError("load: a custom family was saved; pass `like=` (a flow of the same structure)")
         like = families.make(meta["family"], meta["dim"])
-    if _structure(like) != meta["structure"]:
+    # format 1 stored the tree's repr, which differs between processes: not comparable
+    if meta.get("format", 1) >= 2 and _structure(like) != meta["structure"]:
         raise ValueError("load: the saved parameters do not match the structure of the family "
                          f"{meta['family']!r} (saved by another version or with other options); pass `like=`")
     q = eqx.tree_deserialise_leaves(path / "q.eqx", like)
