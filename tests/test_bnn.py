@@ -123,6 +123,21 @@ def test_fit_many_trains_each_data_set():
     assert np.corrcoef(m0, y)[0, 1] > 0.85 and np.corrcoef(m1, -y)[0, 1] > 0.85
 
 
+def test_save_and_load_a_weight_posterior(tmp_path):
+    x, y = _linear_data(n=32)
+    model = fp.bnn.model(fp.bnn.mlp(jax.random.key(0), 3, 1, hidden=(8,)))
+    r = fp.bnn.fit(model, x, y, "lowrank", epochs=20, family_options={"rank": 3}, key=jax.random.key(0),
+                   progress=False)
+    r.save(tmp_path / "bnn")
+    back = fp.bnn.load(tmp_path / "bnn", model)
+    np.testing.assert_array_equal(back.sample(jax.random.key(1), 5), r.sample(jax.random.key(1), 5))
+    np.testing.assert_array_equal(back.trace.elbo, r.trace.elbo)
+    assert back.family == "lowrank" and back.family_options == {"rank": 3} and back.epochs == 20
+    other = fp.bnn.model(fp.bnn.mlp(jax.random.key(0), 3, 1, hidden=(9,)))
+    with pytest.raises(ValueError, match="saved posterior has 42 parameters, the model has 47"):
+        fp.bnn.load(tmp_path / "bnn", other)
+
+
 def test_bad_input_is_rejected_before_training():
     x, y = _linear_data(n=10)
     key = jax.random.key(0)

@@ -185,19 +185,51 @@ class FitResult:
     def save(self, path) -> pathlib.Path:
         """Save to the folder ``path``: ``q.eqx`` (parameters), ``meta.json``, ``trace.npz``
         and ``posterior.nc`` (ArviZ netCDF of 4000 draws)."""
-        path = pathlib.Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / "q.eqx.tmp"
-        eqx.tree_serialise_leaves(tmp, self.q)
-        os.replace(tmp, path / "q.eqx")
-        meta = {"format": 2, "target": self.target.name, "builtin": _json_or_none(self.target.builtin),
-                "dim": self.target.dim, "family": self.family,
-                "objective": self.objective, "steps": self.steps, "message": self.message, "seconds": self.seconds,
-                "structure": _structure(self.q)}
-        (path / "meta.json").write_text(json.dumps(meta, indent=2))
-        np.savez(path / "trace.npz", **self.trace._asdict())
+        path = save_flow(path, self.q, self.trace, {
+            "target": self.target.name, "builtin": json_or_none(self.target.builtin), "dim": self.target.dim,
+            "family": self.family, "objective": self.objective, "steps": self.steps, "message": self.message,
+            "seconds": self.seconds})
         self.to_arviz().to_netcdf(str(path / "posterior.nc"))
         return path
+
+
+def save_flow(path, q, trace, meta: dict) -> pathlib.Path:
+    """Write a fitted flow to the folder ``path``: ``q.eqx`` (its arrays, written to a
+    temporary file and renamed), ``meta.json`` (``meta`` plus the format and the arrays'
+    paths, shapes and dtypes) and ``trace.npz``. Read back by :func:`read_flow`."""
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "q.eqx.tmp"
+    eqx.tree_serialise_leaves(tmp, q)
+    os.replace(tmp, path / "q.eqx")
+    (path / "meta.json").write_text(json.dumps({"format": 2, **meta, "structure": _structure(q)}, indent=2))
+    np.savez(path / "trace.npz", **trace._asdict())
+    return path
+
+
+def read_meta(path, who: str) -> dict:
+    """``meta.json`` of a folder written by :func:`save_flow` (``who`` names the caller in errors)."""
+    path = pathlib.Path(path)
+    if not (path / "meta.json").exists() or not (path / "q.eqx").exists():
+        raise FileNotFoundError(f"{who}: {path} is not a saved flowpost result (meta.json and q.eqx expected)")
+    return json.loads((path / "meta.json").read_text())
+
+
+def read_flow(path, meta: dict, like, who: str):
+    """``(q, trace)`` from a folder written by :func:`save_flow`; ``like`` is a flow of the
+    saved structure (checked against ``meta`` first, with a clear error)."""
+    from .fit import Trace
+
+    path = pathlib.Path(path)
+    # format 1 stored the tree's repr, which differs between processes: not comparable
+    if meta.get("format", 1) >= 2 and _structure(like) != meta["structure"]:
+        raise ValueError(f"{who}: the saved parameters do not match the structure of the family "
+                         f"{meta['family']!r} (saved by another version or with other options); pass `like=`")
+    q = eqx.tree_deserialise_leaves(path / "q.eqx", like)
+    tr = np.load(path / "trace.npz")
+    # results saved before the trace had ``update_norm`` load with it NaN
+    trace = Trace(*(tr[f] if f in tr.files else np.full_like(tr["loss"], np.nan) for f in Trace._fields))
+    return q, trace
 
 
 def _check_count(name, n, least=1):
@@ -205,7 +237,7 @@ def _check_count(name, n, least=1):
         raise ValueError(f"`{name}` must be an integer >= {least}, got {n!r}")
 
 
-def _json_or_none(value):
+def json_or_none(value):
     """``value`` if it survives JSON (a built-in target's name and keywords), else None."""
     try:
         return json.loads(json.dumps(value))
@@ -247,12 +279,8 @@ def load(path, target: Target | None = None, like=None) -> FitResult:
             rebuilt from ``meta.json``).
     """
     from . import families
-    from .fit import Trace
 
-    path = pathlib.Path(path)
-    if not (path / "meta.json").exists() or not (path / "q.eqx").exists():
-        raise FileNotFoundError(f"load: {path} is not a saved flowpost result (meta.json and q.eqx expected)")
-    meta = json.loads((path / "meta.json").read_text())
+    meta = read_meta(path, "load")
     if target is None:
         from . import targets
 
@@ -272,14 +300,7 @@ def load(path, target: Target | None = None, like=None) -> FitResult:
         if meta["family"] not in families.FAMILIES:
             raise ValueError("load: a custom family was saved; pass `like=` (a flow of the same structure)")
         like = families.make(meta["family"], meta["dim"])
-    # format 1 stored the tree's repr, which differs between processes: not comparable
-    if meta.get("format", 1) >= 2 and _structure(like) != meta["structure"]:
-        raise ValueError("load: the saved parameters do not match the structure of the family "
-                         f"{meta['family']!r} (saved by another version or with other options); pass `like=`")
-    q = eqx.tree_deserialise_leaves(path / "q.eqx", like)
-    tr = np.load(path / "trace.npz")
-    # results saved before the trace had ``update_norm`` load with it NaN
-    trace = Trace(*(tr[f] if f in tr.files else np.full_like(tr["loss"], np.nan) for f in Trace._fields))
+    q, trace = read_flow(path, meta, like, "load")
     return FitResult(q=q, target=target, trace=trace, steps=meta["steps"],
                      message=meta["message"], seconds=meta["seconds"], family=meta["family"],
                      objective=meta["objective"])

@@ -30,6 +30,7 @@ import optax
 from ...vi import objectives
 from ..._progress import ProgressBar
 from ...vi.fit import FitState, Trace, _as_key, default_optimizer, flat_params, freeze_nonfinite, make_step
+from ...vi.result import FitResult, json_or_none, read_flow, read_meta, save_flow
 from . import families
 from .model import BNN
 
@@ -61,18 +62,48 @@ class BNNResult:
     seconds: float
     family: str
     timings: list = dataclasses.field(default_factory=list)  # (epochs, seconds) per compiled call; first compiles
+    family_options: dict = dataclasses.field(default_factory=dict)  # keywords of families.make
 
     def sample(self, key, n: int) -> jax.Array:
         """``n`` weight vectors ``theta (n, dim)``."""
         return self.q.sample(_as_key(key), n)
 
+    def save(self, path):
+        """Save to the folder ``path``: ``q.eqx`` (the posterior's parameters), ``meta.json``
+        (family, options, epochs, message) and ``trace.npz``; read back by :func:`load` with
+        the same model. (No netCDF of draws: a posterior over 10^5-10^6 weights is cheaper
+        to re-sample from ``q`` than to store.)"""
+        options = json_or_none(self.family_options)
+        if options is None:
+            raise ValueError("BNNResult.save: `family_options` cannot be written as JSON; save `q` with "
+                             "equinox.tree_serialise_leaves instead")
+        return save_flow(path, self.q, self.trace, {
+            "family": self.family, "family_options": options, "dim": self.model.dim, "epochs": self.epochs,
+            "message": self.message, "seconds": self.seconds})
+
     def fit_result(self, x, y):
         """A :class:`flowpost.vi.FitResult` over the full-batch target (for diagnostics,
         PSIS, ArviZ); ``x, y`` the training data."""
-        from ...vi.result import FitResult
-
         return FitResult(q=self.q, target=self.model.target(x, y), trace=self.trace, steps=self.epochs,
                          message=self.message, seconds=self.seconds, family=self.family)
+
+
+def load(path, model: BNN, like=None) -> BNNResult:
+    """Load a :class:`BNNResult` saved by :meth:`BNNResult.save`; ``model`` is the same
+    network, likelihood and prior (code, like a Target, so it is not saved); ``like`` a
+    flow of the saved structure, needed only for a custom family."""
+    meta = read_meta(path, "bnn.load")
+    if not isinstance(model, BNN):
+        raise TypeError(f"bnn.load: `model` must be the fitted fp.bnn model (a BNN), got {type(model).__name__}")
+    if model.dim != meta["dim"]:
+        raise ValueError(f"bnn.load: saved posterior has {meta['dim']} parameters, the model has {model.dim}")
+    if like is None:
+        if meta["family"] not in families.FAMILIES:
+            raise ValueError("bnn.load: a custom family was saved; pass `like=` (a flow of the same structure)")
+        like = families.make(meta["family"], model, **meta["family_options"])
+    q, trace = read_flow(path, meta, like, "bnn.load")
+    return BNNResult(q, model, trace, meta["epochs"], meta["message"], meta["seconds"], meta["family"],
+                     family_options=meta["family_options"])
 
 
 def _check_positive(**kw):
@@ -184,7 +215,8 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
             warnings.warn(f"bnn.fit: data set {p}: {msg}", RuntimeWarning, stacklevel=2)
         qp = build(states.params[p])
         results.append(BNNResult(qp, model, Trace(*(getattr(trace, f)[p] for f in Trace._fields)), done, msg,
-                                 seconds, family if isinstance(family, str) else "custom", timings))
+                                 seconds, family if isinstance(family, str) else "custom", timings,
+                                 dict(family_options or {})))
     if message.startswith("interrupted"):
         warnings.warn(f"bnn.fit: {message}", RuntimeWarning, stacklevel=2)
     return results
