@@ -218,6 +218,9 @@ def test_cli_smoke(tmp_path):
     assert {"rmse_mean", "rmse_se", "test_ll_mean", "test_ll_se"} <= set(res)
     assert np.isclose(res["rmse_mean"], np.mean([s["rmse"] for s in res["splits"]]))
     assert (tmp_path / "u" / "predictive.png").stat().st_size > 1000
+    net = fp.bnn.mlp(jax.random.key(5), 6, 1, hidden=(50,))  # any key: only the structure is used
+    post = fp.bnn.load(tmp_path / "u" / "posteriors" / "split_4", fp.bnn.model(net, "gaussian"))
+    assert post.family == "meanfield" and post.epochs == 2 and post.sample(jax.random.key(0), 3).shape == (3, 402)
     r = CliRunner().invoke(app, ["bnn", "classify", "--dataset", "sonar", "--splits", "1", "--epochs", "2",
                                  "--family", "meanfield", "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output

@@ -35,6 +35,12 @@ def _out_folder(out):
     return out
 
 
+def _save_posteriors(out, chosen, results):
+    """Each split's fitted posterior in ``out/posteriors/split_<s>`` (:meth:`BNNResult.save`)."""
+    for s, r in zip(chosen, results):
+        r.save(out / "posteriors" / f"split_{s}")
+
+
 def _split_list(name, splits, total):
     if splits is None:
         return list(range(total))
@@ -69,8 +75,9 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     weights, all ``splits`` (default all) trained together. Returns a dict with
     ``dataset``, ``family``, ``rmse_mean``, ``rmse_se``, ``test_ll_mean``, ``test_ll_se``,
     ``splits`` (per split ``split``, ``rmse``, ``test_ll``, ``noise_sd``), ``epochs``,
-    ``seconds``; with ``out`` also writes ``out/results.json`` and ``out/predictive.png``
-    (the first split's predictions and interval calibration)."""
+    ``seconds``; with ``out`` also writes ``out/results.json``, ``out/predictive.png``
+    (the first split's predictions and interval calibration) and each split's posterior
+    in ``out/posteriors/split_<s>`` (read it with :func:`~.train.load`)."""
     if dataset not in uci.REGRESSION:
         raise ValueError(f"bnn.run_uci: `dataset` must be one of {uci.REGRESSION}, got {dataset!r}")
     chosen = _split_list(dataset, splits, uci.n_splits(dataset))
@@ -93,6 +100,7 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     out_dict["test_ll_mean"], out_dict["test_ll_se"] = _mean_se([r["test_ll"] for r in rows])
     if out is not None:
         (out / "results.json").write_text(json.dumps(out_dict, indent=2))
+        _save_posteriors(out, chosen, results)
         pr, y = first
         predict.regression_plot(pr["mean"], pr["sd"], y, out / "predictive.png",
                                 title=f"{dataset}, split {chosen[0]} ({family})")
@@ -105,8 +113,8 @@ def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: 
                        progress: bool = True, out=None) -> dict:
     """A one-hidden-layer Bernoulli BNN on a classification set (:data:`uci.CLASSIFICATION`),
     90/10 splits by the UCI rule. Returns ``accuracy_mean/_se``, ``test_ll_mean/_se``,
-    ``ece_mean/_se`` and per-split rows; with ``out``: ``results.json`` and
-    ``reliability.png`` (all splits' test predictions pooled)."""
+    ``ece_mean/_se`` and per-split rows; with ``out``: ``results.json``,
+    ``reliability.png`` (all splits' test predictions pooled) and ``posteriors/split_<s>``."""
     if dataset not in uci.CLASSIFICATION:
         raise ValueError(f"bnn.run_classification: `dataset` must be one of {uci.CLASSIFICATION}, got {dataset!r}")
     chosen = _split_list(dataset, splits, 20)
@@ -127,6 +135,7 @@ def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: 
         out_dict[f"{k}_mean"], out_dict[f"{k}_se"] = _mean_se([r[k] for r in rows])
     if out is not None:
         (out / "results.json").write_text(json.dumps(out_dict, indent=2))
+        _save_posteriors(out, chosen, results)
         predict.reliability_plot(np.concatenate(all_p), np.concatenate(all_y), out / "reliability.png",
                                  title=f"{dataset} ({family})")
     return out_dict
