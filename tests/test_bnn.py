@@ -166,6 +166,8 @@ def test_bad_input_is_rejected_before_training():
         fit(reg, x, y, family="nope")
     with pytest.raises(ValueError, match="`epochs` must be a positive integer"):
         fp.bnn.fit(reg, x, y, epochs=0, key=key)
+    with pytest.raises(ValueError, match="`learning_rate` must be a positive finite number"):
+        fp.bnn.fit(reg, x, y, learning_rate=-1e-3, key=key)
     with pytest.raises(ValueError, match="`likelihood` must be one of"):
         fp.bnn.model(fp.bnn.mlp(key, 3, 1), "poisson")
 

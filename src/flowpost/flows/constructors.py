@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import jax
 
+from .._checks import check_ints
 from .autoregressive import MaskedAutoregressive
 from .bijection import Chain, Invert, Scan
 from .coupling import Coupling
@@ -19,9 +20,7 @@ from .transformers import Affine, RationalQuadraticSpline
 
 
 def _check(dim, layers):
-    for name, v in (("dim", dim), ("layers", layers)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
+    check_ints(dim=dim, layers=layers)
 
 
 def _stack(key, layers, make_block, base):

@@ -11,7 +11,6 @@ returns what was trained so far.
 
 from __future__ import annotations
 
-import numbers
 import time
 import warnings
 from typing import Any, NamedTuple
@@ -23,6 +22,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from .._checks import check_ints, check_positive
 from .._progress import ProgressBar
 from . import families, objectives
 from .init import laplace
@@ -208,12 +208,9 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
     from .result import FitResult
 
     key = _as_key(key)
-    for name, v in (("steps", steps), ("num_samples", num_samples), ("chunk", chunk)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"fit: `{name}` must be a positive integer, got {v!r}")
-    if optimizer is None and not (isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool)
-                                  and 0 < learning_rate < float("inf")):
-        raise ValueError(f"fit: `learning_rate` must be a positive finite number, got {learning_rate!r}")
+    check_ints("fit", steps=steps, num_samples=num_samples, chunk=chunk)
+    if optimizer is None:
+        check_positive("fit", learning_rate=learning_rate)
     if init not in ("laplace", "standard"):
         raise ValueError(f"fit: `init` must be 'laplace' or 'standard', got {init!r}")
     k_check, k_init, k_run = jax.random.split(key, 3)

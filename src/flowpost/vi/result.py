@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_ints
 from .target import Target, flatten_draws
 
 
@@ -61,7 +62,7 @@ class FitResult:
     # -- draws --------------------------------------------------------------------------
     def sample_unconstrained(self, key, n: int) -> tuple[jax.Array, jax.Array]:
         """``(u (n, dim), log q(u) (n,))`` in the unconstrained space."""
-        _check_count("n", n)
+        check_ints(n=n)
         return _sample(self.q, key, n)
 
     def sample(self, key, n: int) -> dict[str, np.ndarray]:
@@ -94,7 +95,7 @@ class FitResult:
         estimate vs. the ELBO), ``warnings`` (list of str) and ``message``.
         """
         key = jax.random.key(12345) if key is None else key
-        _check_count("n", n, least=10)  # PSIS fits a tail to the largest weights: it needs some
+        check_ints(least=10, n=n)  # PSIS fits a tail to the largest weights: it needs some
         _, log_w = self.log_weights(key, n)
         finite = np.isfinite(log_w)
         lw, khat = psis(log_w)
@@ -144,9 +145,9 @@ class FitResult:
     def resample(self, key, n: int, pool: int | None = None) -> dict[str, np.ndarray]:
         """``n`` PSIS-corrected draws (model space): ``pool`` draws from ``q`` (default
         ``max(4n, 4000)``) resampled with their Pareto-smoothed importance weights."""
-        _check_count("n", n)
+        check_ints(n=n)
         pool = pool or max(4 * n, 4000)
-        _check_count("pool", pool)
+        check_ints(pool=pool)
         k1, k2 = jax.random.split(key)
         u, log_w = self.log_weights(k1, pool)
         lw, _ = psis(log_w)
@@ -230,11 +231,6 @@ def read_flow(path, meta: dict, like, who: str):
     # results saved before the trace had ``update_norm`` load with it NaN
     trace = Trace(*(tr[f] if f in tr.files else np.full_like(tr["loss"], np.nan) for f in Trace._fields))
     return q, trace
-
-
-def _check_count(name, n, least=1):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < least:
-        raise ValueError(f"`{name}` must be an integer >= {least}, got {n!r}")
 
 
 def json_or_none(value):

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_ints
+
 Array = jax.Array
 
 
@@ -56,8 +58,7 @@ class Target:
     def __post_init__(self):
         if not callable(self.log_prob):
             raise TypeError(f"Target: `log_prob` must be callable, got {type(self.log_prob).__name__}")
-        if isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer)) or self.dim < 1:
-            raise ValueError(f"Target: `dim` must be a positive integer, got {self.dim!r}")
+        check_ints("Target", dim=self.dim)
         object.__setattr__(self, "dim", int(self.dim))
         if self.constrain is not None and not callable(self.constrain):
             raise TypeError("Target: `constrain` must be callable or None")

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ..._checks import check_ints, check_positive
 from ...vi import objectives
 from ..._progress import ProgressBar
 from ...vi.fit import FitState, Trace, _as_key, default_optimizer, flat_params, freeze_nonfinite, make_step
@@ -106,12 +107,6 @@ def load(path, model: BNN, like=None) -> BNNResult:
                      family_options=meta["family_options"])
 
 
-def _check_positive(**kw):
-    for name, v in kw.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"bnn.fit: `{name}` must be a positive integer, got {v!r}")
-
-
 def fit(model: BNN, x, y, family="meanfield", **kwargs) -> BNNResult:
     """Fit a variational posterior over ``model``'s weights to ``(x (N, *in), y (N,))``.
 
@@ -144,7 +139,9 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
         at its last finite step; Ctrl-C returns what was trained so far.
     """
     key = _as_key(key)
-    _check_positive(epochs=epochs, batch_size=batch_size, num_samples=num_samples)
+    check_ints("bnn.fit", epochs=epochs, batch_size=batch_size, num_samples=num_samples)
+    if optimizer is None:
+        check_positive("bnn.fit", learning_rate=learning_rate)
     xs, ys = np.asarray(xs), np.asarray(ys)
     if xs.ndim < 2 or ys.ndim < 2 or xs.shape[:2] != ys.shape[:2]:
         raise ValueError(f"bnn.fit_many: expected xs (P, N, ...) and ys (P, N, ...), got {xs.shape} and {ys.shape}")

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._checks import check_ints
 from ..._progress import ProgressBar
 from . import objectives
 
@@ -58,9 +59,7 @@ def log_likelihood(model, x, key, samples: int = 5000, chunk: int = 500, batch: 
                    progress: bool = False) -> np.ndarray:
     """``log p-hat(x)`` per image, ``x (n, D) -> (n,)``, with ``samples`` importance draws
     each, ``chunk`` at a time (``chunk`` is lowered to a divisor of ``samples``)."""
-    for name, v in (("samples", samples), ("chunk", chunk), ("batch", batch)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
+    check_ints(samples=samples, chunk=chunk, batch=batch)
     x = _check_images(model, x, "x")
     chunk = math.gcd(samples, min(chunk, samples))
     xb, n = _batches(x, min(batch, len(x)))

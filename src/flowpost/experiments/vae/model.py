@@ -17,6 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..._checks import check_ints
 from . import likelihoods
 from .nets import GatedConvDecoder, GatedConvEncoder, MLPDecoder, MLPEncoder
 from .posterior import FLOWS, Posterior, make_flow
@@ -88,10 +89,7 @@ class VAEConfig:
             raise ValueError(f"`flow` must be one of {FLOWS}, got {self.flow!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"`arch` must be one of {ARCHS}, got {self.arch!r}")
-        for name in ("latent", "context"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
+        check_ints(latent=self.latent, context=self.context)
         likelihoods.get(self.likelihood)
         object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
         object.__setattr__(self, "hidden", tuple(int(s) for s in self.hidden))

@@ -23,8 +23,8 @@ import pathlib
 
 import equinox as eqx
 import jax
-import numpy as np
 
+from ..._checks import check_ints, check_positive
 from . import data as vdata
 from . import evaluate
 from .model import VAEConfig, make_vae
@@ -32,11 +32,6 @@ from .objectives import OBJECTIVES
 
 FORMAT = "flowpost-vae/1"
 CHECKPOINT, BEST = "checkpoint.eqx", "best.eqx"
-
-
-def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,15 +59,11 @@ class TrainConfig:
             raise ValueError(f"`dataset` must be one of {vdata.DATASETS}, got {self.dataset!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {self.objective!r}")
-        for name in ("k", "epochs", "batch_size", "patience"):
-            _positive_int(name, getattr(self, name))
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"`warmup` must be a non-negative integer, got {self.warmup!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and np.isfinite(self.learning_rate)
-                and self.learning_rate > 0):
-            raise ValueError(f"`learning_rate` must be a positive number, got {self.learning_rate!r}")
+        check_ints(k=self.k, epochs=self.epochs, batch_size=self.batch_size, patience=self.patience)
+        check_ints(least=0, warmup=self.warmup)
+        check_positive(learning_rate=self.learning_rate)
         if self.limit is not None:
-            _positive_int("limit", self.limit)
+            check_ints(limit=self.limit)
         if self.objective == "elbo" and self.k != 1:
             raise ValueError("`k` (importance samples) applies to objective='iwae'; the ELBO uses one draw")
 

@@ -1,0 +1,23 @@
+"""Argument checks shared by every layer: clear errors naming the argument, raised before
+anything is traced or compiled."""
+
+from __future__ import annotations
+
+import numbers
+
+
+def check_ints(who: str = "", least: int = 1, **values) -> None:
+    """Raise ``ValueError`` unless every keyword value is an integer (not a bool) >= ``least``.
+
+    ``who`` prefixes the message (e.g. ``"fit"`` -> ``"fit: `steps` must be ..."``)."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < least:
+            what = "a positive integer" if least == 1 else f"an integer >= {least}"
+            raise ValueError(f"{who + ': ' if who else ''}`{name}` must be {what}, got {v!r}")
+
+
+def check_positive(who: str = "", **values) -> None:
+    """Raise ``ValueError`` unless every keyword value is a finite real number > 0."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < float("inf"):
+            raise ValueError(f"{who + ': ' if who else ''}`{name}` must be a positive finite number, got {v!r}")
