@@ -345,3 +345,29 @@ def test_shared_softplus_matches_jax_with_its_derivatives():
     np.testing.assert_allclose(jax.vmap(jax.grad(softplus))(x), jax.nn.sigmoid(x), atol=1e-7)
     d2 = jax.vmap(jax.grad(jax.grad(softplus)))(x)
     np.testing.assert_allclose(d2, jax.nn.sigmoid(x) * jax.nn.sigmoid(-x), atol=1e-6)
+
+
+def test_inputs_are_cast_and_bad_arguments_named():
+    key = jax.random.key(0)
+    f = fp.flows.realnvp(key, 2, layers=2)
+    # integer input: cast to the flow's float dtype, same density as the float input
+    np.testing.assert_allclose(f.log_prob(jnp.array([1, 2])), f.log_prob(jnp.array([1.0, 2.0])), rtol=1e-6)
+    assert f.bijection.forward(jnp.array([1, 2]))[0].dtype == jnp.float32
+    with pytest.raises(ValueError, match="sample size must be non-negative"):
+        f.sample(key, (-1, 2))
+    fc = fp.flows.realnvp(key, 2, layers=2, cond_dim=3)
+    with pytest.raises(ValueError, match=r"\(4,\) and of `context` \(5,\) do not broadcast"):
+        fc.log_prob(jnp.zeros((4, 2)), context=jnp.ones((5, 3)))
+    for make, match in ((lambda: fp.flows.spline(key, 2, knots=0), "`knots`"),
+                        (lambda: fp.flows.spline(key, 2, bound=-1.0), "`bound`"),
+                        (lambda: fp.flows.realnvp(key, 2, cond_dim=-1), "`cond_dim`"),
+                        (lambda: fp.flows.planar(key, 2, cond_dim=0), "`cond_dim`")):
+        with pytest.raises(ValueError, match=match):
+            make()
+    x = np.random.default_rng(0).normal(size=(64, 2))
+    for kw, match in (({"batch_size": 0}, "`batch_size`"), ({"chunk": 0}, "`chunk`"), ({"steps": 0}, "`steps`"),
+                      ({"learning_rate": float("nan")}, "`learning_rate`"), ({"learning_rate": -1.0}, "`learning_rate`")):
+        with pytest.raises(ValueError, match=match):
+            fp.flows.fit_to_data(f, key, x, **{"steps": 5, **kw})
+    with pytest.raises(ValueError, match="`data` is empty"):
+        fp.flows.fit_to_data(f, key, x[:0], steps=5)

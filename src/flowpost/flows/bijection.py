@@ -58,7 +58,7 @@ class Bijection(eqx.Module):
 
     def _check(self, x, context, method):
         name = type(self).__name__
-        x = jnp.asarray(x)
+        x = as_float(x, self)
         if x.ndim != 1:
             raise ValueError(
                 f"{name}.{method} acts on a single vector of shape ({self.dim if self.dim else 'dim'},), "
@@ -71,12 +71,26 @@ class Bijection(eqx.Module):
                 raise ValueError(
                     f"{name} is conditional: {method} needs `context` of shape ({self.cond_dim},), got None."
                 )
-            context = jnp.asarray(context)
+            context = as_float(context, self)
             if context.shape != (self.cond_dim,):
                 raise ValueError(
                     f"{name}.{method}: expected `context` of shape ({self.cond_dim},), got {context.shape}."
                 )
         return x, context
+
+
+def as_float(x, module) -> Array:
+    """``x`` as an array of ``module``'s floating dtype (that of its first float array; a
+    module without arrays keeps a float ``x`` as it is and gives integers JAX's default
+    float): integer input, or float32 data for a float64 flow, would otherwise break the
+    dtype invariants of ``lax.scan`` inside the flow."""
+    x = jnp.asarray(x)
+    leaves = jax.tree.leaves(eqx.filter(module, eqx.is_inexact_array))
+    if leaves:
+        dtype = leaves[0].dtype
+    else:
+        dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.result_type(float)
+    return x if x.dtype == dtype else x.astype(dtype)
 
 
 def _common(values, what):

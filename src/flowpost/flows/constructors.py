@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import jax
 
-from .._checks import check_ints
+from .._checks import check_ints, check_positive
 from .autoregressive import MaskedAutoregressive
 from .bijection import Chain, Invert, Scan
 from .coupling import Coupling
@@ -19,8 +19,10 @@ from .residual import Planar, Radial, Sylvester
 from .transformers import Affine, RationalQuadraticSpline
 
 
-def _check(dim, layers):
+def _check(dim, layers, cond_dim=None):
     check_ints(dim=dim, layers=layers)
+    if cond_dim is not None:
+        check_ints(cond_dim=cond_dim)
 
 
 def _stack(key, layers, make_block, base):
@@ -32,7 +34,7 @@ def realnvp(key, dim: int, *, layers: int = 10, hidden: Sequence[int] = (32, 32)
     """RealNVP (Dinh et al. 2017): ``layers`` affine couplings, halves alternating.
 
     Defaults follow Agrawal et al. 2020 (10 couplings, 2 x 32 hidden units)."""
-    _check(dim, layers)
+    _check(dim, layers, cond_dim)
 
     def block(k):
         return Chain([Coupling(k, dim, Affine(), hidden, cond_dim, activation=activation), Reverse(dim)])
@@ -45,7 +47,9 @@ def spline(key, dim: int, *, layers: int = 5, knots: int = 8, bound: float = 5.0
     """Neural spline flow (Durkan et al. 2019): rational-quadratic spline couplings
     (``autoregressive=False``) or inverse-autoregressive splines (``True``: one-pass
     sampling and sample density, as variational inference wants)."""
-    _check(dim, layers)
+    _check(dim, layers, cond_dim)
+    check_ints(knots=knots)
+    check_positive("spline", bound=bound)
     rqs = RationalQuadraticSpline(knots=knots, bound=bound)
 
     def block(k):
@@ -59,7 +63,7 @@ def spline(key, dim: int, *, layers: int = 5, knots: int = 8, bound: float = 5.0
 
 
 def _autoregressive(key, dim, layers, hidden, cond_dim, activation, base, invert):
-    _check(dim, layers)
+    _check(dim, layers, cond_dim)
 
     def block(k):
         made = MaskedAutoregressive(k, dim, Affine(), hidden, cond_dim, activation)
@@ -85,13 +89,13 @@ def iaf(key, dim: int, *, layers: int = 5, hidden: Sequence[int] = (64, 64), con
 
 def planar(key, dim: int, *, layers: int = 10, cond_dim: int | None = None, base=None) -> Flow:
     """Planar flow (Rezende & Mohamed 2015); amortised parameters with ``cond_dim``."""
-    _check(dim, layers)
+    _check(dim, layers, cond_dim)
     return _stack(key, layers, lambda k: Planar(k, dim, cond_dim), base)
 
 
 def radial(key, dim: int, *, layers: int = 10, cond_dim: int | None = None, base=None) -> Flow:
     """Radial flow (Rezende & Mohamed 2015); amortised parameters with ``cond_dim``."""
-    _check(dim, layers)
+    _check(dim, layers, cond_dim)
     return _stack(key, layers, lambda k: Radial(k, dim, cond_dim), base)
 
 
@@ -99,7 +103,7 @@ def sylvester(key, dim: int, *, layers: int = 4, kind: str = "orthogonal", m: in
               n_householder: int = 8, cond_dim: int | None = None, base=None) -> Flow:
     """Sylvester flow (van den Berg et al. 2018), ``kind`` in ``"orthogonal"``,
     ``"householder"``, ``"triangular"`` (the latter alternates identity and reversal ``Q``)."""
-    _check(dim, layers)
+    _check(dim, layers, cond_dim)
     if kind == "triangular":
         def block(k):
             k1, k2 = jax.random.split(k)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .bijection import Bijection
+from .bijection import Bijection, as_float
 
 Array = jax.Array
 
@@ -77,7 +77,9 @@ def _shape(n) -> tuple[int, ...]:
         if n < 0:
             raise ValueError(f"sample size must be non-negative, got {n}")
         return (int(n),)
-    if isinstance(n, tuple) and all(isinstance(i, (int, np.integer)) for i in n):
+    if isinstance(n, tuple) and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in n):
+        if any(i < 0 for i in n):
+            raise ValueError(f"sample size must be non-negative, got {n}")
         return tuple(int(i) for i in n)
     raise TypeError(f"sample size must be an int or a tuple of ints, got {n!r}")
 
@@ -111,13 +113,13 @@ class Flow(eqx.Module):
         if context is None:
             raise ValueError(f"Flow.{method}: this flow is conditional and needs `context` of shape "
                              f"(..., {self.cond_dim}), got None.")
-        context = jnp.asarray(context)
+        context = as_float(context, self)
         if context.ndim == 0 or context.shape[-1] != self.cond_dim:
             raise ValueError(f"Flow.{method}: expected `context` of shape (..., {self.cond_dim}), got {context.shape}.")
         return context
 
     def _check_x(self, x):
-        x = jnp.asarray(x)
+        x = as_float(x, self)
         if x.ndim == 0 or x.shape[-1] != self.dim:
             raise ValueError(f"Flow.log_prob: expected x of shape (..., {self.dim}), got {x.shape}.")
         if not isinstance(x, jax.core.Tracer):
@@ -166,7 +168,11 @@ def _map(fn, x, context, cond_dim):
     """Apply ``fn(vector, context_vector)`` over the leading axes of ``x``, broadcasting context."""
     batch = x.shape[:-1]
     if context is not None:
-        batch = jnp.broadcast_shapes(batch, context.shape[:-1])
+        try:
+            batch = jnp.broadcast_shapes(batch, context.shape[:-1])
+        except ValueError:
+            raise ValueError(f"the batch shapes of x / the draws {tuple(batch)} and of `context` "
+                             f"{tuple(context.shape[:-1])} do not broadcast") from None
         context = jnp.broadcast_to(context, (*batch, cond_dim)).reshape(-1, cond_dim)
     x = jnp.broadcast_to(x, (*batch, x.shape[-1])).reshape(-1, x.shape[-1])
     out = jax.vmap(fn, in_axes=(0, None if context is None else 0))(x, context)
