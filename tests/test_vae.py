@@ -289,6 +289,9 @@ def test_cli_train_and_eval(tmp_path):
     assert r.exit_code == 0, r.output
     assert {"checkpoint.eqx", "best.eqx", "history.json", "summary.json", "samples.png",
             "reconstructions.png"} <= {p.name for p in out.iterdir()}
+    # strict JSON (one epoch: no compile time to report, null rather than NaN)
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert summary["compile_seconds"] is None and summary["epochs_done"] == 1
     r = runner.invoke(app, ["vae", "eval", str(out), "--samples", "20", "--limit", "50"])
     assert r.exit_code == 0, r.output
     ev = json.loads((out / "eval.json").read_text())
@@ -296,3 +299,6 @@ def test_cli_train_and_eval(tmp_path):
     assert 0 < ev["nll"] < ev["neg_elbo"] < 800
     r = runner.invoke(app, ["vae", "train", "--flow", "realnvp", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "`flow` must be one of" in r.output
+    (tmp_path / "afile").write_text("x")
+    r = runner.invoke(app, ["vae", "train", "--limit", "200", "--epochs", "1", "--out", str(tmp_path / "afile")])
+    assert r.exit_code == 2 and "is not a folder" in " ".join(r.output.split())

@@ -57,7 +57,7 @@ def train(
         table.add_column(col, justify="right")
     best = "-" if not math.isfinite(result.best_valid) else f"{result.best_valid:.2f}"
     table.add_row(str(result.epochs_done), str(result.best_epoch), best, f"{result.seconds_per_epoch:.2f}",
-                  f"{result.compile_seconds:.1f}")
+                  f"{result.compile_seconds:.1f}" if math.isfinite(result.compile_seconds) else "-")
     console.print(table)
     console.print(result.message)
     console.print(f"wrote {out}/checkpoint.eqx, best.eqx, history.json, summary.json, samples.png, "

@@ -136,6 +136,8 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
     out = None if out is None else pathlib.Path(out)
     ckpt = None if out is None else out / runs.CHECKPOINT
     meta = None
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"vae.train: `out` ({out}) exists and is not a folder")
     if ckpt is not None and ckpt.exists():  # checked before anything is built or compiled
         meta = runs.read_meta(ckpt)
         runs.check_architecture(ckpt, meta, config)
@@ -159,7 +161,10 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         if (out / runs.BEST).exists():
             best_params = eqx.filter(runs.read(out / runs.BEST, model), eqx.is_inexact_array)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"vae.train: `out` ({out}) cannot be used as a folder: {e}") from e
 
     x_train = jnp.asarray(d.train, jnp.float32)
     x_valid = evaluate._batches(np.asarray(d.valid, np.float32), min(500, len(d.valid)))[0]
@@ -232,6 +237,8 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         summary = {"config": config.to_dict(), "message": message, "epochs_done": epochs_done,
                    "best_epoch": best_epoch, "best_valid_neg_elbo": best_valid,
                    "seconds_per_epoch": result.seconds_per_epoch, "compile_seconds": compile_seconds}
+        # strict JSON: no NaN / inf (compile time is unknown after one epoch; no best yet)
+        summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if plots_at_end and best_epoch is not None:
             title = f"{config.model.flow} VAE, epoch {best_epoch}"
