@@ -213,6 +213,9 @@ def test_actnorm_data_dependent_init():
     y = jax.vmap(lambda v: a.forward(v)[0])(x)
     np.testing.assert_allclose(jnp.mean(y, 0), 0.0, atol=1e-5)
     np.testing.assert_allclose(jnp.std(y, 0), 1.0, atol=1e-4)
+    # a constant column is centred, not blown up by 1/sd
+    c = F.ActNorm(DIM).initialise(x.at[:, 0].set(7.0))
+    assert float(c.log_scale[0]) == 0.0 and abs(float(c.forward(x[0].at[0].set(7.0))[0][0])) < 1e-6
 
 
 def test_student_t_base_normalised(x64):

@@ -30,11 +30,13 @@ class ActNorm(Bijection):
         self.log_scale = jnp.zeros((dim,)) if log_scale is None else jnp.asarray(log_scale)
 
     def initialise(self, x: jax.Array) -> "ActNorm":
-        """``x (n, dim)`` -> an ActNorm that standardises ``x``."""
+        """``x (n, dim)`` -> an ActNorm that standardises ``x`` (a constant column is only
+        centred: dividing it by its zero spread would multiply it by about 1e6)."""
         x = jnp.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"ActNorm.initialise expects a batch of shape (n, {self.dim}), got {x.shape}")
-        return ActNorm(self.dim, jnp.mean(x, 0), jnp.log(jnp.std(x, 0) + 1e-6))
+        sd = jnp.std(x, 0)
+        return ActNorm(self.dim, jnp.mean(x, 0), jnp.log(jnp.where(sd > 1e-6, sd, 1.0)))
 
     def _forward(self, x, context):
         return (x - self.loc) * jnp.exp(-self.log_scale), -jnp.sum(self.log_scale)
