@@ -182,8 +182,11 @@ def test_bad_options_are_caught_before_training(gauss):
         fp.fit(fp.Target(lambda u: jnp.sum(u > 0).astype(jnp.int32), 2), key=key, progress=False)
     # a density that is -inf on half of R^dim: warned before training, with what to do
     half = fp.Target(lambda u: jnp.where(u[0] > 0, -0.5 * jnp.sum(u**2), -jnp.inf), 2)
-    with pytest.warns(RuntimeWarning, match="infinite at .* of 8 random.*reparameterise"):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         fp.fit(half, family="meanfield", init="standard", steps=1, key=key, progress=False)
+    said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
+    assert any("infinite at" in m and "reparameterise" in m for m in said), said
     r = fp.fit(gauss, family="meanfield", steps=20, key=key, progress=False)
     for call in (lambda: r.diagnostics(n=1), lambda: r.resample(key, -1), lambda: r.sample(key, 0)):
         with pytest.raises(ValueError, match="must be (a positive integer|an integer >= 10)"):
