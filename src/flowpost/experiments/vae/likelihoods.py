@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._math import softplus
 from .data import check_binary
 
 
@@ -31,7 +32,7 @@ class Bernoulli:
     def log_prob(self, x, params):
         logits = params[:, 0]
         # x log sigmoid(l) + (1 - x) log sigmoid(-l) = x l - softplus(l)
-        return jnp.sum(x * logits - jax.nn.softplus(logits))
+        return jnp.sum(x * logits - softplus(logits))
 
     def mean(self, params):
         return jax.nn.sigmoid(params[:, 0])
@@ -60,7 +61,7 @@ class DiscretizedLogistic:
         # log(sigmoid(upper) - sigmoid(lower)); where that difference underflows, the log
         # density at the bin centre times the bin width (Salimans et al. 2017, PixelCNN++)
         centre = (x - mu) * inv_s
-        log_pdf_mid = centre - log_s - 2 * jax.nn.softplus(centre) + math.log(2 * half)
+        log_pdf_mid = centre - log_s - 2 * softplus(centre) + math.log(2 * half)
         delta = jax.nn.sigmoid(upper) - jax.nn.sigmoid(lower)
         mid = jnp.where(delta > 1e-5, jnp.log(jnp.maximum(delta, 1e-12)), log_pdf_mid)
         log_cdf_up = jax.nn.log_sigmoid(upper)  # bottom bin: P(X <= x + half)
