@@ -4,6 +4,7 @@ anything is traced or compiled."""
 from __future__ import annotations
 
 import numbers
+import pathlib
 
 
 def check_ints(who: str = "", least: int = 1, **values) -> None:
@@ -21,3 +22,18 @@ def check_positive(who: str = "", **values) -> None:
     for name, v in values.items():
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < float("inf"):
             raise ValueError(f"{who + ': ' if who else ''}`{name}` must be a positive finite number, got {v!r}")
+
+
+def out_folder(who: str, out) -> pathlib.Path | None:
+    """``out`` as an existing folder (created if needed), or None; a ``ValueError`` if it
+    cannot be one. Called before any training, so that a run is never lost to its path."""
+    if out is None:
+        return None
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{who}: `out` ({out}) cannot be used as a folder: it exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{who}: `out` ({out}) cannot be used as a folder: {e}") from e
+    return out

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .._checks import out_folder
 from .bnn import app as bnn_app
 from .vae import app as vae_app
 
@@ -64,21 +65,12 @@ def fit(
     import flowpost as fp
     from ..vi import plots
 
-    try:
-        t = fp.targets.get(target)
-    except (ValueError, TypeError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
     if draws < 10:
         console.print(f"[red]error:[/red] --draws must be at least 10 (PSIS needs a tail), got {draws}")
         raise typer.Exit(2)
-    if out is not None:  # before training: a fit must not be lost to an unusable --out
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            console.print(f"[red]error:[/red] --out {out} cannot be used as a folder: {e}")
-            raise typer.Exit(2)
     try:
+        t = fp.targets.get(target)
+        out_folder("fit", out)  # before training: a fit must not be lost to an unusable --out
         result = fp.fit(t, family=family, objective=objective, steps=steps, num_samples=num_samples,
                         learning_rate=learning_rate, key=jax.random.key(seed))
     except (ValueError, TypeError) as e:

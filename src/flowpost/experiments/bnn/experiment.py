@@ -6,12 +6,12 @@ These are the library calls behind ``flowpost bnn uci`` and ``flowpost bnn class
 from __future__ import annotations
 
 import json
-import pathlib
 import time
 
 import jax
 import numpy as np
 
+from ..._checks import out_folder
 from . import predict, uci
 from .model import mlp, model
 from .train import fit_many
@@ -20,19 +20,6 @@ from .train import fit_many
 def _mean_se(values) -> tuple[float, float]:
     v = np.asarray(values, float)
     return float(v.mean()), float(v.std() / np.sqrt(len(v)))  # as in the PBP / dropout code
-
-
-def _out_folder(out):
-    """``out`` as a created folder (or None), checked before any training: a run must not
-    be lost to an unusable output path."""
-    if out is None:
-        return None
-    out = pathlib.Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"bnn: `out` ({out}) cannot be used as a folder: {e}") from e
-    return out
 
 
 def _save_posteriors(out, chosen, results):
@@ -81,7 +68,7 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     if dataset not in uci.REGRESSION:
         raise ValueError(f"bnn.run_uci: `dataset` must be one of {uci.REGRESSION}, got {dataset!r}")
     chosen = _split_list(dataset, splits, uci.n_splits(dataset))
-    out = _out_folder(out)
+    out = out_folder("bnn", out)
     data = uci.load_splits(dataset, chosen)
     t0 = time.perf_counter()
     m, results = _fit(dataset, data, "gaussian", 1, hidden or uci.hidden_units(dataset), family, epochs, batch_size,
@@ -118,7 +105,7 @@ def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: 
     if dataset not in uci.CLASSIFICATION:
         raise ValueError(f"bnn.run_classification: `dataset` must be one of {uci.CLASSIFICATION}, got {dataset!r}")
     chosen = _split_list(dataset, splits, 20)
-    out = _out_folder(out)
+    out = out_folder("bnn", out)
     data = uci.load_splits(dataset, chosen)
     t0 = time.perf_counter()
     m, results = _fit(dataset, data, "bernoulli", 1, hidden, family, epochs, batch_size, num_samples, learning_rate,

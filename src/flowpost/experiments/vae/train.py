@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ..._checks import out_folder
 from ..._progress import ProgressBar
 from . import data as vdata
 from . import evaluate, likelihoods, objectives, plots, runs
@@ -133,11 +134,9 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig, got {type(config).__name__}")
-    out = None if out is None else pathlib.Path(out)
+    out = out_folder("vae.train", out)
     ckpt = None if out is None else out / runs.CHECKPOINT
     meta = None
-    if out is not None and out.exists() and not out.is_dir():
-        raise ValueError(f"vae.train: `out` ({out}) exists and is not a folder")
     if ckpt is not None and ckpt.exists():  # checked before anything is built or compiled
         meta = runs.read_meta(ckpt)
         runs.check_architecture(ckpt, meta, config)
@@ -160,11 +159,6 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
             h["this_call"] = False
         if (out / runs.BEST).exists():
             best_params = eqx.filter(runs.read(out / runs.BEST, model), eqx.is_inexact_array)
-    if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"vae.train: `out` ({out}) cannot be used as a folder: {e}") from e
 
     x_train = jnp.asarray(d.train, jnp.float32)
     x_valid = evaluate._batches(np.asarray(d.valid, np.float32), min(500, len(d.valid)))[0]
