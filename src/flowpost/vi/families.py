@@ -6,7 +6,7 @@ objectives treat them alike:
 - ``"meanfield"``: ``N(m, diag(s^2))`` (an elementwise affine map);
 - ``"fullrank"``: ``N(m, L L^T)`` (a triangular affine map);
 - ``"flow"``: a RealNVP (Dinh et al. 2017) followed by a trainable full-rank affine map,
-  on a Student-t base with 10 degrees of freedom.
+  on a Student-t base whose degrees of freedom grow with the dimension (:func:`tail_df`).
 
 Each ends in a fixed whitening map ``mode + L0 (.)`` from the Laplace approximation
 (for mean-field, its diagonal), and its trainable layers start at the identity: the
@@ -21,6 +21,8 @@ A user may also pass any :class:`~flowpost.flows.Flow` of the right dimension.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -57,16 +59,35 @@ def fullrank(dim: int, loc=None, chol=None) -> F.Flow:
     return F.Flow(F.Chain([F.TriangularAffine(dim), _whiten(dim, loc, chol)]))
 
 
+def tail_df(dim: int) -> float | None:
+    """Degrees of freedom of the default family's Student-t base for ``dim`` coordinates
+    (``None``: a standard normal base).
+
+    The base's tails are fixed and its coordinates independent, so on a Gaussian posterior
+    it costs ``KL(t_df || N) ~ 0.8 / df^2`` nats per coordinate (0.0093 at ``df = 10``,
+    computed numerically) that no training removes: on a 200-dimensional Gaussian a
+    ``df = 10`` base left 1.86 nats and an importance-sampling ESS of 11%, a normal base
+    0.00 nats and 100%. ``df`` is the smallest integer, at least 10, that keeps this cost
+    under 0.25 nats in all (``ceil(sqrt(3.2 dim))``: 10 up to 31 coordinates, so every
+    posteriordb reference keeps the base it was measured with), and a normal base once
+    that exceeds 30 (more than 281 coordinates), where t and normal tails hardly differ
+    and the normal base samples about twice as fast. (A 0.1-nat budget gave gp_pois_regr,
+    13 coordinates, df = 11 and moved its k-hat from 0.45 to 0.68.)"""
+    df = max(10, math.ceil(math.sqrt(3.2 * dim)))
+    return float(df) if df <= 30 else None
+
+
 def flow(dim: int, loc=None, chol=None, *, key=None, layers: int = 8, hidden=(32, 32),
-         activation=jax.nn.tanh, df: float | None = 10.0) -> F.Flow:
+         activation=jax.nn.tanh, df: float | str | None = "auto") -> F.Flow:
     """RealNVP couplings (``layers`` x ``hidden``), a trainable full-rank affine map, then
     the fixed whitening ``loc + chol @ (.)``, on a Student-t base with ``df`` degrees of
-    freedom (``None``: standard normal).
+    freedom (``"auto"``: :func:`tail_df`; ``None``: standard normal).
 
     ``tanh`` conditioners keep the map smooth (ReLU couplings make ``log q`` piecewise
     linear, which importance weights notice)."""
     key = jax.random.key(0) if key is None else key
     couplings = F.realnvp(key, dim, layers=layers, hidden=hidden, activation=activation).bijection
+    df = tail_df(dim) if df == "auto" else df
     base = None if df is None else F.StudentT(dim, df=df)
     return F.Flow(F.Chain([couplings, F.TriangularAffine(dim), _whiten(dim, loc, chol)]), base=base)
 

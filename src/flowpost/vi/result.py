@@ -203,7 +203,7 @@ def save_flow(path, q, trace, meta: dict) -> pathlib.Path:
     tmp = path / "q.eqx.tmp"
     eqx.tree_serialise_leaves(tmp, q)
     os.replace(tmp, path / "q.eqx")
-    (path / "meta.json").write_text(json.dumps({"format": 2, **meta, "structure": _structure(q)}, indent=2))
+    (path / "meta.json").write_text(json.dumps({"format": 3, **meta, "structure": _structure(q)}, indent=2))
     np.savez(path / "trace.npz", **trace._asdict())
     return path
 
@@ -222,8 +222,12 @@ def read_flow(path, meta: dict, like, who: str):
     from .fit import Trace
 
     path = pathlib.Path(path)
-    # format 1 stored the tree's repr, which differs between processes: not comparable
-    if meta.get("format", 1) >= 2 and _structure(like) != meta["structure"]:
+    # format 1 stored the tree's repr, which differs between processes: not comparable;
+    # format 2 stored the arrays only, not the base distribution
+    fmt, want = meta.get("format", 1), _structure(like)
+    if fmt == 2:
+        want = [entry for entry in want if entry[0] != "base"]
+    if fmt >= 2 and want != meta["structure"]:
         raise ValueError(f"{who}: the saved parameters do not match the structure of the family "
                          f"{meta['family']!r} (saved by another version or with other options); pass `like=`")
     q = eqx.tree_deserialise_leaves(path / "q.eqx", like)
@@ -242,11 +246,13 @@ def json_or_none(value):
 
 
 def _structure(q) -> list:
-    """Path, shape and dtype of every array of ``q``, as JSON would store them: what a
-    saved result must match to be read into ``q``. (Not the tree's repr: that holds the
-    memory addresses of static functions, which differ between processes.)"""
+    """Path, shape and dtype of every array of ``q``, and the repr of its base distribution
+    (which has no arrays, e.g. a Student-t's degrees of freedom), as JSON would store them:
+    what a saved result must match to be read into ``q``. (Not the whole tree's repr: that
+    holds the memory addresses of static functions, which differ between processes.)"""
     leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(q, eqx.is_array))[0]
-    return [[jax.tree_util.keystr(path), list(a.shape), str(a.dtype)] for path, a in leaves]
+    out = [[jax.tree_util.keystr(path), list(a.shape), str(a.dtype)] for path, a in leaves]
+    return out + ([["base", repr(q.base)]] if hasattr(q, "base") else [])
 
 
 @eqx.filter_jit
@@ -296,6 +302,8 @@ def load(path, target: Target | None = None, like=None) -> FitResult:
         if meta["family"] not in families.FAMILIES:
             raise ValueError("load: a custom family was saved; pass `like=` (a flow of the same structure)")
         like = families.make(meta["family"], meta["dim"])
+        if meta["family"] == "flow" and meta.get("format", 1) < 3:  # saved when the base was always t with df 10
+            like = families.flow(meta["dim"], df=10.0)
     q, trace = read_flow(path, meta, like, "load")
     return FitResult(q=q, target=target, trace=trace, steps=meta["steps"],
                      message=meta["message"], seconds=meta["seconds"], family=meta["family"],
