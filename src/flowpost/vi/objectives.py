@@ -28,6 +28,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from .._checks import check_ints
 from ..flows import Invert, MaskedAutoregressive, Sylvester
 
 OBJECTIVES = ("elbo", "iwelbo", "renyi", "fkl")
@@ -102,12 +103,15 @@ def fkl(q, log_p, key, n):
 
 
 # the options of the named objectives: check and what it must be
-_OPTIONS = {
-    "k": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1, "a positive integer"),
-    "alpha": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
-              "a finite number >= 0 (alpha < 0 gives an upper bound on log p, not a variational bound)"),
-    "stl": (lambda v: isinstance(v, bool), "True or False"),
-}
+def _check_option(name, value):
+    if name == "k":
+        check_ints("fit: objective option", k=value)
+    elif name == "alpha" and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                  and math.isfinite(value) and value >= 0):
+        raise ValueError(f"fit: objective option `alpha` must be a finite number >= 0 (alpha < 0 gives an upper "
+                         f"bound on log p, not a variational bound), got {value!r}")
+    elif name == "stl" and not isinstance(value, bool):
+        raise ValueError(f"fit: objective option `stl` must be True or False, got {value!r}")
 
 
 def get(objective, **options):
@@ -123,7 +127,5 @@ def get(objective, **options):
     for name, value in options.items():
         if name not in allowed:
             raise ValueError(f"fit: objective {objective!r} takes the options {allowed or 'none'}, got {name!r}")
-        ok, what = _OPTIONS[name]
-        if not ok(value):
-            raise ValueError(f"fit: objective option `{name}` must be {what}, got {value!r}")
+        _check_option(name, value)
     return functools.partial(fn, **options) if options else fn
