@@ -228,9 +228,10 @@ def test_student_t_base_normalised(x64):
     np.testing.assert_allclose(flow.log_prob(x), lp, rtol=1e-9)
 
 
-@pytest.mark.parametrize("df", [3.0, 2.5])
+@pytest.mark.parametrize("df", [3.0, 5.0, 10.0, 2.5])
 def test_student_t_base_samples_follow_the_t_law(df):
-    """Integer df (sum-of-squares chi^2) and non-integer df (gamma) both draw t(df)."""
+    """Integer df (chi^2 from exponentials, plus a squared normal when odd) and
+    non-integer df (gamma) all draw t(df)."""
     from scipy import stats
 
     x = np.asarray(F.StudentT(1, df=df).sample(jax.random.key(1), (100_000,)))[:, 0]

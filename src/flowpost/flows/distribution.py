@@ -38,10 +38,12 @@ class StudentT(eqx.Module):
     heavy-tailed base for heavy-tailed targets (Jaini et al. 2020, "Tails of Lipschitz
     triangular flows"); the flow's layers shape it, ``df`` sets how heavy its tails are.
 
-    Sampling is exact: ``t = z / sqrt(c / df)`` with ``z ~ N(0, 1)`` and ``c ~ chi^2(df)``;
-    for an integer ``df`` up to 30, ``c`` is a sum of ``df`` squared normals (no rejection
-    loop, so a VI step costs about what it costs on a normal base); otherwise ``c`` comes
-    from :func:`jax.random.gamma`. ``df`` is not trained: the reparameterised gradient of
+    Sampling is exact: ``t = z / sqrt(c / df)`` with ``z ~ N(0, 1)`` and ``c ~ chi^2(df)``.
+    For an integer ``df`` up to 30, ``c = -2 sum_{i <= df/2} log u_i`` (a chi^2 with 2
+    degrees of freedom is an exponential with mean 2), plus one squared normal when ``df``
+    is odd: no rejection loop, and 6x cheaper than summing ``df`` squared normals (256 x
+    200 draws at ``df = 10``: 0.76 vs 4.8 ms on CPU). Otherwise ``c`` comes from
+    :func:`jax.random.gamma`. ``df`` is not trained: the reparameterised gradient of
     a t draw with respect to ``df`` needs the gamma sampler's implicit derivative, which
     made a VI step 3.6x slower for no measured gain.
     """
@@ -64,7 +66,10 @@ class StudentT(eqx.Module):
         shape = (*shape, self.dim)
         z = jax.random.normal(kz, shape)
         if self.df.is_integer() and self.df <= 30:
-            c = jnp.sum(jax.random.normal(kc, (int(self.df), *shape)) ** 2, 0)
+            pairs, odd = divmod(int(self.df), 2)
+            ku, kn = jax.random.split(kc)
+            u = jax.random.uniform(ku, (pairs, *shape), z.dtype, minval=jnp.finfo(z.dtype).tiny)
+            c = -2.0 * jnp.sum(jnp.log(u), 0) + (jax.random.normal(kn, shape, z.dtype) ** 2 if odd else 0.0)
         else:
             c = 2.0 * jax.random.gamma(kc, self.df / 2, shape)
         return z * jnp.sqrt(self.df / c)
