@@ -117,6 +117,44 @@ def test_default_flow_is_not_penalised_by_its_tails_in_high_dimension():
     assert abs(d["log_evidence"] - d["elbo"]) < 0.02, d
 
 
+def test_a_laplace_start_that_cannot_train_falls_back_to_standard():
+    """A centred hierarchical model has no mode: L-BFGS walks down the funnel's neck and
+    draws from the Laplace Gaussian have a non-finite log density, which stopped the
+    default fit at step 0 (k-hat 150, 15% of tau draws inf). Now it starts at N(0, I),
+    says so, and matches NUTS."""
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC, NUTS
+
+    def model(g, y):
+        mu = numpyro.sample("mu", dist.Normal(0, 5))
+        tau = numpyro.sample("tau", dist.HalfNormal(2.0))
+        with numpyro.plate("groups", 20):
+            a = numpyro.sample("a", dist.Normal(mu, tau))
+        numpyro.sample("y", dist.Normal(a[g], 1.0), obs=y)
+
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(20), 3)
+    y = jnp.asarray((1 + 0.7 * rng.normal(size=20))[g] + rng.normal(size=60))
+    target = fp.targets.from_numpyro(model, jnp.asarray(g), y)
+    lp = jax.jit(target.log_prob)
+    lap = fp.vi.laplace(lp, target.dim)
+    assert "iteration cap" in lap.note
+    assert not np.isfinite(fp.vi.init.gaussian_elbo(lp, lap.mode, lap.chol, jax.random.key(1)))
+    r = fp.fit(target, steps=2000, key=jax.random.key(0), progress=False)
+    assert r.message == "completed" and r.start.note.startswith("N(0, I)")
+    d = r.diagnostics()
+    assert d["khat"] < 0.7 and d["start"] == r.start.note
+    mcmc = MCMC(NUTS(model), num_warmup=500, num_samples=2000, progress_bar=False)
+    mcmc.run(jax.random.key(2), jnp.asarray(g), y)
+    ref = mcmc.get_samples()
+    draws = r.sample(jax.random.key(3), 4000)
+    for site in ("mu", "tau"):
+        z = abs(float(np.mean(draws[site]) - np.mean(ref[site]))) / float(np.std(ref[site]))
+        assert z < 0.15, (site, z)
+        assert abs(np.log(np.std(draws[site]) / np.std(ref[site]))) < 0.15, site
+
+
 def test_flow_fits_u1_within_005_nats():
     # U1 is two crescents joined by a ring of low density: the reverse-KL ELBO from one
     # start tends to lock onto one side (measured: KL 0.20 nats with a spline flow), while
@@ -297,6 +335,26 @@ def test_load_keeps_the_base_distribution(tmp_path):
     old = fp.load(tmp_path / "run")
     assert old.q.base.df == 10.0
     np.testing.assert_allclose(old.q.bijection.layers[-1].bijection.loc, r.q.bijection.layers[-1].bijection.loc)
+
+
+def test_convergence_judges_the_drift_of_the_elbo(gauss):
+    """Flat: drift within noise, or under 0.1 nats over as many steps again as were run."""
+    from flowpost.vi.fit import Trace
+    from flowpost.vi.result import FitResult
+
+    rng = np.random.default_rng(0)
+    t = np.arange(3000)
+
+    def judged(elbo):
+        z = np.zeros(3000)
+        return FitResult(q=None, target=gauss, trace=Trace(elbo, elbo, z + 1, z + 1), steps=3000, message="",
+                         seconds=0.0, family="flow", objective="elbo").convergence()
+
+    slow = judged(-100 + 0.02e-3 * t + 1e-4 * rng.normal(size=3000))  # 0.06 nats over 3000 more steps
+    assert slow["converged"] and abs(slow["elbo_slope"] - 0.02) < 0.005
+    assert not judged(-100 + 0.2e-3 * t + 1e-4 * rng.normal(size=3000))["converged"]  # 0.6 nats more to come
+    assert judged(-100 + 0.2e-3 * t + 5.0 * rng.normal(size=3000))["converged"]  # drift hidden in the noise
+    assert not judged(-100 + 5e-3 * t + 5.0 * rng.normal(size=3000))["converged"]
 
 
 def test_same_key_same_result(gauss):

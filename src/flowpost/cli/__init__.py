@@ -92,6 +92,8 @@ def fit(
     console.print(table)
     console.print(f"ELBO {diag['elbo']:.3f} ± {diag['elbo_se']:.3f}   PSIS k-hat {diag['khat']:.2f}   "
                   f"ESS {diag['ess']:.0f}/{draws}   converged: {diag['converged']}   ({result.message})")
+    if diag["start"]:
+        console.print(f"start: {diag['start']}")
     if ref:
         console.print(f"vs reference: worst |z| {ref['max_abs_z']:.3f} ({ref['worst_mean']}), "
                       f"worst |log sd ratio| {ref['max_abs_log_sd']:.3f} ({ref['worst_sd']})")

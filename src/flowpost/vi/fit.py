@@ -25,7 +25,7 @@ from jax.flatten_util import ravel_pytree
 from .._checks import check_ints, check_positive
 from .._progress import ProgressBar
 from . import families, objectives
-from .init import laplace
+from .init import check_start, laplace
 from .target import Target
 
 
@@ -194,8 +194,9 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
         optimizer: an optax transformation (default :func:`default_optimizer`).
         learning_rate: for the default optimizer.
         key: PRNG key (required).
-        init: ``"laplace"`` (mode by L-BFGS + Laplace covariance) or ``"standard"``
-            (``N(0, I)``). Ignored for a user's Flow.
+        init: ``"laplace"`` (mode by L-BFGS + Laplace covariance, kept unless ``N(0, I)``
+            has the higher ELBO, see :func:`~flowpost.vi.init.check_start`; the result's
+            ``start.note`` says which) or ``"standard"`` (``N(0, I)``). Ignored for a user's Flow.
         objective_options: e.g. ``{"k": 8}`` for iwelbo, ``{"alpha": 0.5}`` for renyi.
         chunk: steps per compiled ``lax.scan`` call.
         tol: stop early (after at least 5 chunks) when the ELBO's mean over the last chunk
@@ -219,7 +220,7 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
 
     start = None
     if isinstance(family, str) and init == "laplace":
-        start = laplace(log_prob, target.dim)
+        start = check_start(log_prob, laplace(log_prob, target.dim), jax.random.fold_in(k_check, 1))
         q = families.make(family, target.dim, start.mode, start.chol, key=k_init)
     else:
         q = families.make(family, target.dim, key=k_init)

@@ -92,7 +92,8 @@ class FitResult:
         out of ``n``), ``ess_fraction``, ``converged`` (ELBO plateau over the last fifth
         of the run), ``elbo_slope`` (nats per 1000 steps there), ``grad_norm`` (median
         there), ``log_evidence`` (importance-sampling estimate of log Z, an upper
-        estimate vs. the ELBO), ``warnings`` (list of str) and ``message``.
+        estimate vs. the ELBO), ``warnings`` (list of str), ``message`` and ``start``
+        (how the family started, e.g. the Laplace note; None for a loaded result).
         """
         key = jax.random.key(12345) if key is None else key
         check_ints(least=10, n=n)  # PSIS fits a tail to the largest weights: it needs some
@@ -107,7 +108,8 @@ class FitResult:
         conv = self.convergence()
         out = {"elbo": elbo, "elbo_se": float(np.std(log_w[finite]) / np.sqrt(finite.sum())),
                "khat": khat, "ess": ess, "ess_fraction": ess / n, "log_evidence": log_z,
-               "nonfinite_weights": int((~finite).sum()), **conv, "message": self.message}
+               "nonfinite_weights": int((~finite).sum()), **conv, "message": self.message,
+               "start": None if self.start is None else self.start.note}
         notes = []
         if khat > 0.7:
             notes.append(f"k-hat {khat:.2f} > 0.7: importance weights are unreliable; q misses part of the posterior")
@@ -127,7 +129,8 @@ class FitResult:
         return out
 
     def convergence(self) -> dict[str, Any]:
-        """Whether the ELBO trace had flattened over the last fifth of the run."""
+        """Whether the ELBO trace had flattened over the last fifth of the run: its drift there
+        is within the noise, or would add up to less than 0.1 nats over as many steps again."""
         e = np.asarray(self.trace.elbo, dtype=np.float64)
         g = np.asarray(self.trace.grad_norm, dtype=np.float64)
         if len(e) < 50:
@@ -136,8 +139,11 @@ class FitResult:
         t = np.arange(len(tail))
         slope = float(np.polyfit(t, tail, 1)[0])
         se_slope = float(np.std(tail) * np.sqrt(12.0 / len(tail) ** 3))
-        # flat if the drift over the tail is below its noise or below 0.01 nats per 1000 steps
-        converged = abs(slope) < 3 * se_slope or abs(slope) * 1000 < 0.01
+        # flat if the drift over the tail is within its noise, or if as many steps again at that
+        # drift would move the ELBO by less than 0.1 nats (a KL change too small to matter to
+        # the importance weights; a fixed 0.01 nats / 1000 steps flagged 300-D fits that
+        # matched NUTS to |z| 0.07 with 96% ESS)
+        converged = abs(slope) < 3 * se_slope or abs(slope) * len(e) < 0.1
         return {"converged": bool(converged), "elbo_slope": slope * 1000,
                 "grad_norm": float(np.median(g[-len(tail):]))}
 
