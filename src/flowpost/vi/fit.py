@@ -25,7 +25,7 @@ from jax.flatten_util import ravel_pytree
 from .._checks import check_ints, check_positive
 from .._progress import ProgressBar
 from . import families, objectives
-from .init import check_start, laplace
+from .init import laplace, standard_start
 from .target import Target
 
 
@@ -194,9 +194,10 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
         optimizer: an optax transformation (default :func:`default_optimizer`).
         learning_rate: for the default optimizer.
         key: PRNG key (required).
-        init: ``"laplace"`` (mode by L-BFGS + Laplace covariance, kept unless ``N(0, I)``
-            has the higher ELBO, see :func:`~flowpost.vi.init.check_start`; the result's
-            ``start.note`` says which) or ``"standard"`` (``N(0, I)``). Ignored for a user's Flow.
+        init: ``"laplace"`` (mode by L-BFGS + Laplace covariance; if the first step from it
+            is not finite, training restarts from ``N(0, I)``, see
+            :func:`~flowpost.vi.init.standard_start`; the result's ``start.note`` says
+            which) or ``"standard"`` (``N(0, I)``). Ignored for a user's Flow.
         objective_options: e.g. ``{"k": 8}`` for iwelbo, ``{"alpha": 0.5}`` for renyi.
         chunk: steps per compiled ``lax.scan`` call.
         tol: stop early (after at least 5 chunks) when the ELBO's mean over the last chunk
@@ -220,7 +221,7 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
 
     start = None
     if isinstance(family, str) and init == "laplace":
-        start = check_start(log_prob, laplace(log_prob, target.dim), jax.random.fold_in(k_check, 1))
+        start = laplace(log_prob, target.dim)
         q = families.make(family, target.dim, start.mode, start.chol, key=k_init)
     else:
         q = families.make(family, target.dim, key=k_init)
@@ -237,7 +238,7 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
     def run_chunk(state, length):
         return jax.lax.scan(step, state, None, length=length)
 
-    traces, message, t0 = [], "completed", time.perf_counter()
+    traces, message, t0, restarted = [], "completed", time.perf_counter(), False
     done, prev = 0, None
     bar = ProgressBar(steps, f"fit {target.name}", {"elbo": "ELBO"}, enabled=progress)
     try:
@@ -248,6 +249,13 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
                 state, tr = run_chunk(state, n)
                 tr = jax.tree.map(np.asarray, tr)
                 bad = first_nonfinite(tr)
+                if bad == 0 and done == 0 and start is not None and not restarted:
+                    # a Laplace start that cannot train (no mode, e.g. a funnel's neck): from N(0, I)
+                    # instead; same structure, so the compiled chunk serves
+                    start, restarted = standard_start(start), True
+                    q = families.make(family, target.dim, start.mode, start.chol, key=k_init)
+                    state = FitState.init(flat_params(q)[0], optimizer, k_run)
+                    continue
                 if bad is not None:  # re-run the chunk up to its last finite step
                     state = run_chunk(start_state, bad)[0] if bad else start_state
                     traces.append(jax.tree.map(lambda a: a[:bad], tr))
