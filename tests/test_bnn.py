@@ -187,6 +187,74 @@ def test_classification_metrics():
     assert np.isclose(out["test_ll"], np.mean(np.log(np.where([0, 1, 0, 1, 1], p1, 1 - p1))), atol=1e-5)
 
 
+def test_prediction_inputs_and_stability():
+    """Found by a sweep with unseen networks: each line failed before its fix."""
+    key = jax.random.key(0)
+    # the predictive variance is the spread about the mean, not E f^2 - (E f)^2 (which
+    # cancelled to -0.06 in float32 for outputs near 1000 with spread 1e-3)
+    lin = fp.bnn.model(lambda p, x: x @ p[0] + p[1], "gaussian", params=(jnp.zeros((1, 1)), jnp.zeros(1)), noise=0.01)
+    th = np.zeros((200, lin.dim), np.float32)
+    th[:, 1] = 1000 + 1e-3 * np.random.RandomState(0).normal(size=200)
+    out = predict.regression(lin, th, np.zeros((5, 1), np.float32))
+    assert np.allclose(out["var"], 1e-4 + np.var(th[:, 1].astype(np.float64)), rtol=0.05)
+    # y_std as y.std(0) of an (n, 1) array; one theta vector; clear errors otherwise
+    y = np.ones(5, np.float32)
+    a = predict.regression(lin, th[0], np.zeros((5, 1)), y, y_std=np.array([2.0]))
+    assert a["mean"].shape == (5,) and np.isfinite(a["test_ll"])
+    with pytest.raises(ValueError, match="`y_std` must be one finite positive number"):
+        predict.regression(lin, th, np.zeros((5, 1)), y, y_std=0.0)
+    with pytest.raises(ValueError, match=r"`thetas` must be weight samples of shape \(S, 2\)"):
+        predict.regression(lin, th[:, :1], np.zeros((5, 1)))
+    with pytest.raises(ValueError, match="same length, got 5 and 3"):
+        predict.regression(lin, th, np.zeros((5, 1)), y[:3])
+    # categorical labels shaped (n, 1), as fit accepts them
+    cat = fp.bnn.model(fp.bnn.mlp(key, 3, 3, hidden=(4,)), "categorical")
+    thetas = jax.random.normal(key, (6, cat.dim))
+    x = np.random.RandomState(1).normal(size=(8, 3)).astype(np.float32)
+    labels = np.arange(8) % 3
+    flat, column = predict.classification(cat, thetas, x, labels), predict.classification(cat, thetas, x, labels[:, None])
+    assert flat["test_ll"] == column["test_ll"] and flat["accuracy"] == column["accuracy"]
+    np.testing.assert_allclose(predict.log_predictive(cat, thetas, x, labels[:, None]),
+                               predict.log_predictive(cat, thetas, x, labels))
+    with pytest.raises(ValueError, match="must be integers; found 1 that are not, e.g. 1.5"):
+        predict.classification(cat, thetas, x, np.where(np.arange(8) == 2, 1.5, labels))
+    # a Bernoulli model with several outputs per example: one probability row per output
+    pix = fp.bnn.model(fp.bnn.mlp(key, 3, 6, hidden=(4,)), "bernoulli")
+    yb = (np.random.RandomState(2).uniform(size=(8, 6)) > 0.5).astype(np.float32)
+    res = predict.classification(pix, jax.random.normal(key, (4, pix.dim)), x, yb)
+    assert res["probs"].shape == (48, 2) and 0 <= res["ece"] <= 1
+
+
+def test_model_options_and_saved_index(tmp_path):
+    key = jax.random.key(0)
+    net = fp.bnn.mlp(key, 3, 1, hidden=(4,))
+    # NumPy scalars (e.g. noise=y.std() on float32 data) are numbers
+    assert fp.bnn.model(net, noise=np.float32(0.1), prior=np.float32(2.0)).prior.scale == 2.0
+    with pytest.raises(ValueError, match="a 'bernoulli' likelihood has none"):
+        fp.bnn.model(net, "bernoulli", noise=0.1)
+    x, y = _linear_data(n=16)
+    model = fp.bnn.model(net)
+    with pytest.raises(ValueError, match=r"unknown `family_options` \['rnk'\]; the options are"):
+        fp.bnn.fit(model, x, y, "lowrank", family_options={"rnk": 2}, key=key, progress=False)
+    # a subspace given as a NumPy index is saved and loaded
+    r = fp.bnn.fit(model, x, y, "subspace", family_options={"index": np.arange(10)}, epochs=5, key=key,
+                   progress=False)
+    r.save(tmp_path / "sub")
+    back = fp.bnn.load(tmp_path / "sub", model)
+    np.testing.assert_array_equal(back.sample(jax.random.key(1), 3), r.sample(jax.random.key(1), 3))
+    # Flax-style layer names sort as text (Dense_10 before Dense_9); the output layer is Dense_11
+    params = {"params": {f"Dense_{i}": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)} for i in range(12)}}
+
+    def apply(p, x):
+        for i in range(12):
+            x = jnp.tanh(x) @ p["params"][f"Dense_{i}"]["kernel"] + p["params"][f"Dense_{i}"]["bias"]
+        return x[:, :1]
+
+    flax = fp.bnn.model(apply, params=params)
+    names = {flax.segment_names[s] for s in flax.segments[families.last_layer_index(flax)[:-1]]}
+    assert names == {"['params']['Dense_11']['bias']", "['params']['Dense_11']['kernel']"}
+
+
 def test_uci_split_rule_and_standardisation():
     x, y = uci.load_raw("bostonHousing")
     assert x.shape == (506, 13)

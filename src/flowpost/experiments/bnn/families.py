@@ -24,6 +24,8 @@ scales (the usual start of Bayes-by-backprop, Blundell et al. 2015):
 
 from __future__ import annotations
 
+import re
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -136,11 +138,22 @@ def _realnvp(key, dim, layers, hidden):
     return F.realnvp(key, dim, layers=layers, hidden=hidden, activation=jax.nn.tanh).bijection
 
 
+def _natural(name: str):
+    """Sort key reading the digits in a name as numbers (``Dense_9`` before ``Dense_10``)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
 def last_layer_index(model: BNN, max_dim: int = 1024) -> np.ndarray:
     """Coordinates of the last weight matrix, the last bias and the hyper-parameters;
     if they are more than ``max_dim``, the last ``max_dim`` of them (the hyper-parameters,
-    the output biases and the weights into the last outputs)."""
-    leaves = np.flatnonzero(np.isin(model.segments, np.arange(max(model.n_layers - 2, 0), model.n_layers)))
+    the output biases and the weights into the last outputs).
+
+    "Last" is the last two parameter arrays with their names in natural order: JAX
+    flattens dict keys as text, so a Flax ``{"Dense_0", ..., "Dense_11"}`` flattens
+    ``Dense_10, Dense_11`` before ``Dense_9``. Pass ``index=`` for a network this rule
+    does not fit (e.g. an output layer without a bias)."""
+    order = sorted(range(model.n_layers), key=lambda i: _natural(model.segment_names[i]))
+    leaves = np.flatnonzero(np.isin(model.segments, order[-2:]))
     index = np.concatenate([leaves, np.arange(model.n_weights, model.dim)])
     return index[-max_dim:]
 

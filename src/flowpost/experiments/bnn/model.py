@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from ..._checks import check_positive
 from ...vi.target import Target
 
 Array = jax.Array
@@ -126,7 +128,11 @@ class Categorical:
             raise ValueError(f"bnn: a categorical likelihood needs K >= 2 logits per example (shape (K,)), "
                              f"the network returns shape {out_shape}")
         k = out_shape[0]
-        if not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0 or y.max() >= k:
+        fractional = np.mod(y, 1) != 0
+        if fractional.any():
+            raise ValueError(f"bnn: categorical labels `y` must be integers; found {int(fractional.sum())} that are "
+                             f"not, e.g. {y[fractional][0].item()!r}")
+        if y.min() < 0 or y.max() >= k:
             raise ValueError(f"bnn: categorical labels `y` must be integers in [0, {k}) (the network has {k} "
                              f"outputs); found values in [{y.min()}, {y.max()}]")
 
@@ -138,9 +144,12 @@ def make_likelihood(name: str | Any, noise: float | None = None):
             raise TypeError(f"bnn: `likelihood` must be one of {LIKELIHOODS} or a likelihood object, got {name!r}")
         return name
     if name == "gaussian":
-        if noise is not None and not (isinstance(noise, (int, float)) and noise > 0):
-            raise ValueError(f"bnn: `noise` must be a positive number or None (learned), got {noise!r}")
+        if noise is not None:
+            check_positive("bnn", noise=noise)
         return Gaussian(None if noise is None else float(noise))
+    if noise is not None:
+        raise ValueError(f"bnn: `noise` is the Gaussian likelihood's standard deviation; a {name!r} likelihood "
+                         "has none (leave it out)")
     if name == "bernoulli":
         return Bernoulli()
     if name == "categorical":
@@ -160,8 +169,7 @@ class GaussianPrior:
     precision_prior: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self):
-        if not (isinstance(self.scale, (int, float)) and self.scale > 0):
-            raise ValueError(f"bnn: prior `scale` must be a positive number, got {self.scale!r}")
+        check_positive("bnn: prior", scale=self.scale)
 
 
 # --------------------------------------------------------------------------- the model
@@ -323,7 +331,8 @@ def model(network, likelihood: str | Any = "gaussian", prior: float | GaussianPr
         :class:`BNN`.
     """
     lik = make_likelihood(likelihood, noise)
-    if isinstance(prior, (int, float)) and not isinstance(prior, bool):
+    if isinstance(prior, numbers.Real) and not isinstance(prior, bool):
+        check_positive("bnn", prior=prior)
         prior = GaussianPrior(float(prior))
     if not isinstance(prior, GaussianPrior):
         raise TypeError(f"bnn: `prior` must be a positive float (the scale) or a GaussianPrior, got {prior!r}")

@@ -22,17 +22,41 @@ import numpy as np
 from .model import BNN, Bernoulli, Categorical, Gaussian
 
 
+def _thetas(model: BNN, thetas) -> jax.Array:
+    """Weight samples as ``(S, dim)`` (one ``(dim,)`` vector is one sample), checked."""
+    thetas = jnp.asarray(thetas)
+    thetas = thetas[None] if thetas.ndim == 1 else thetas
+    if thetas.ndim != 2 or thetas.shape[1] != model.dim:
+        raise ValueError(f"bnn.predict: `thetas` must be weight samples of shape (S, {model.dim}) (the model's "
+                         f"theta: weights and likelihood/prior parameters, as result.sample gives), got {thetas.shape}")
+    return thetas
+
+
+def _scalar(name: str, value, positive: bool = False) -> float:
+    v = np.asarray(value, dtype=np.float64)
+    if v.size != 1 or not np.isfinite(v).all() or (positive and not v.item() > 0):
+        raise ValueError(f"bnn.predict: `{name}` must be one finite{' positive' if positive else ''} number "
+                         f"(the training targets' {'scale' if positive else 'offset'}), got {value!r}")
+    return float(v.item())
+
+
 def regression(model: BNN, thetas, x, y=None, y_mean: float = 0.0, y_std: float = 1.0) -> dict:
     """Predictive ``mean``, ``var``, ``sd`` (B,); with ``y``: ``rmse``, ``test_ll`` (per point mean)
-    and ``log_lik`` (B,), in original units."""
+    and ``log_lik`` (B,), in original units. ``x, y`` are checked as :meth:`BNN.check_data`
+    checks training data (``y`` in original units)."""
     if not isinstance(model.likelihood, Gaussian):
         raise ValueError("bnn.predict.regression: the model's likelihood is not Gaussian")
-    thetas = jnp.asarray(thetas)
+    thetas = _thetas(model, thetas)
+    y_mean, y_std = _scalar("y_mean", y_mean), _scalar("y_std", y_std, positive=True)
+    if y is not None:
+        x, y = model.check_data(x, y)
     f = model.outputs(thetas, jnp.asarray(x, jnp.float32)).reshape(thetas.shape[0], -1)  # (S, B)
     lt = jax.vmap(lambda t: model.likelihood.log_noise_precision(model.split(t)[1]))(thetas)  # (S,)
     noise_var = jnp.exp(-lt)[:, None] * jnp.ones_like(f)
     mean = jnp.mean(f, 0)
-    var = jnp.mean(noise_var + f**2, 0) - mean**2
+    # law of total variance, the spread of f about its mean (not E f^2 - (E f)^2, which
+    # cancels to a negative number in float32 when |f| >> its spread)
+    var = jnp.mean(noise_var, 0) + jnp.mean((f - mean) ** 2, 0)
     out = {"mean": np.asarray(mean * y_std + y_mean), "var": np.asarray(var * y_std**2)}
     out["sd"] = np.sqrt(out["var"])
     if y is not None:
@@ -49,13 +73,14 @@ def regression(model: BNN, thetas, x, y=None, y_mean: float = 0.0, y_std: float 
 def log_predictive(model: BNN, thetas, x, y) -> np.ndarray:
     """Per-example log predictive density ``log (1/S) sum_s p(y_i | x_i, theta_s)`` ``(B,)``
     (logsumexp over the ``S`` weight samples), for any likelihood."""
-    lp = model.log_likelihood_samples(jnp.asarray(thetas), jnp.asarray(x, jnp.float32), jnp.asarray(y))
+    x, y = model.check_data(x, y)
+    lp = model.log_likelihood_samples(_thetas(model, thetas), jnp.asarray(x), jnp.asarray(y))
     return np.asarray(jax.nn.logsumexp(lp, axis=0) - math.log(lp.shape[0]))
 
 
 def probabilities(model: BNN, thetas, x) -> np.ndarray:
     """Predictive class probabilities ``(B, K)`` (``K = 2`` for a Bernoulli likelihood)."""
-    out = model.outputs(jnp.asarray(thetas), jnp.asarray(x, jnp.float32))
+    out = model.outputs(_thetas(model, thetas), jnp.asarray(x, jnp.float32))
     if isinstance(model.likelihood, Bernoulli):
         p1 = jax.nn.sigmoid(out.reshape(out.shape[0], -1))
         probs = jnp.stack([1 - p1, p1], -1)
@@ -76,7 +101,10 @@ def ece(probs, y, bins: int = 10) -> float:
 
 def reliability(probs, y, bins: int = 10):
     """Per confidence bin: mean confidence, accuracy, count (empty bins: NaN, NaN, 0)."""
-    probs, y = np.asarray(probs), np.asarray(y).astype(int)
+    probs, y = np.asarray(probs), np.asarray(y).reshape(-1).astype(int)
+    if probs.ndim != 2 or probs.shape[0] != y.shape[0]:
+        raise ValueError(f"bnn.predict: `probs` must be class probabilities of shape (n, K) for n = {y.shape[0]} "
+                         f"labels, got {probs.shape}")
     conf = probs.max(-1)
     correct = probs.argmax(-1) == y
     which = np.minimum((conf * bins).astype(int), bins - 1)
@@ -88,11 +116,15 @@ def reliability(probs, y, bins: int = 10):
 
 
 def classification(model: BNN, thetas, x, y=None, bins: int = 10) -> dict:
-    """``probs (B, K)``; with ``y``: ``accuracy``, ``test_ll`` (mean log predictive prob), ``ece``."""
+    """``probs (B, K)``; with ``y``: ``accuracy``, ``test_ll`` (mean log predictive prob), ``ece``.
+    ``y`` is checked as training labels are; a Bernoulli model with ``P`` outputs per example
+    gives ``probs (B * P, 2)``, one row per output, scored against ``y (B, P)`` flattened."""
+    if y is not None:
+        x, y = model.check_data(x, y)
     probs = probabilities(model, thetas, x)
     out = {"probs": probs}
     if y is not None:
-        y = np.asarray(y).astype(int)
+        y = np.asarray(y).reshape(-1).astype(int)
         out["accuracy"] = float(np.mean(probs.argmax(-1) == y))
         out["test_ll"] = float(np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
         out["ece"] = ece(probs, y, bins)

@@ -17,6 +17,7 @@ compiled program by ``vmap`` over a leading axis (:func:`fit_many`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 import warnings
 from typing import Any
@@ -74,7 +75,8 @@ class BNNResult:
         (family, options, epochs, message) and ``trace.npz``; read back by :func:`load` with
         the same model. (No netCDF of draws: a posterior over 10^5-10^6 weights is cheaper
         to re-sample from ``q`` than to store.)"""
-        options = json_or_none(self.family_options)
+        options = json_or_none({k: np.asarray(v).tolist() if isinstance(v, (np.ndarray, jax.Array)) else v
+                                for k, v in self.family_options.items()})
         if options is None:
             raise ValueError("BNNResult.save: `family_options` cannot be written as JSON; save `q` with "
                              "equinox.tree_serialise_leaves instead")
@@ -152,6 +154,10 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     n_batches = n // batch
     total_steps = epochs * n_batches
     k_fam, k_run = jax.random.split(key)
+    allowed = [p for p in inspect.signature(families.make).parameters if p not in ("family", "model", "key")]
+    unknown = sorted(set(family_options or {}) - set(allowed))
+    if unknown:
+        raise ValueError(f"bnn: unknown `family_options` {unknown}; the options are {allowed}")
     q = families.make(family, model, key=k_fam, **(family_options or {}))
     optimizer = optimizer or default_optimizer(total_steps, learning_rate)
     params, build = flat_params(q)
