@@ -195,7 +195,7 @@ def make(family: str | F.Flow, model: BNN, *, key=None, init_scale: float = 1e-2
     if family == "flow":
         return F.Flow(F.Chain([_realnvp(k_flow, d, layers, hidden), affine]))
     if family == "subspace":
-        idx = last_layer_index(model) if index is None else np.asarray(index)
+        idx = last_layer_index(model) if index is None else _check_index(index, d)
         return F.Flow(F.Chain([OnCoordinates(_realnvp(k_flow, len(idx), layers, hidden), idx, d), affine]))
     # blockflow: one small shared flow per layer (parameter array)
     if block < 2:
@@ -208,6 +208,19 @@ def make(family: str | F.Flow, model: BNN, *, key=None, init_scale: float = 1e-2
             parts.append(Blockwise(_realnvp(k, block, layers, hidden), start, size // block, d))
         start += size
     return F.Flow(F.Chain(parts + [affine]))
+
+
+def _check_index(index, dim: int) -> np.ndarray:
+    idx = np.asarray(index)
+    if idx.ndim != 1 or idx.size < 2 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"bnn: the subspace `index` must be a 1-D array of at least 2 integer coordinates, got "
+                         f"shape {idx.shape}, dtype {idx.dtype}")
+    if idx.min() < 0 or idx.max() >= dim:
+        raise ValueError(f"bnn: the subspace `index` must lie in [0, {dim}) (the model's theta), got values in "
+                         f"[{idx.min()}, {idx.max()}]")
+    if len(np.unique(idx)) != idx.size:
+        raise ValueError(f"bnn: the subspace `index` repeats {idx.size - len(np.unique(idx))} coordinate(s)")
+    return idx
 
 
 def n_params(q) -> int:
