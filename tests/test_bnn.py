@@ -239,6 +239,8 @@ def test_model_options_and_saved_index(tmp_path):
     for index, what in (([model.dim - 1, -1], r"lie in \[0, 22\)"), ([3, 3, 4], "repeats 1"), ([0.5, 1], "integer")):
         with pytest.raises(ValueError, match=what):
             fp.bnn.fit(model, x, y, "subspace", family_options={"index": index}, key=key, progress=False)
+    with pytest.raises(ValueError, match="`block` 64 is larger than every parameter array"):
+        fp.bnn.fit(model, x, y, "blockflow", family_options={"block": 64}, key=key, progress=False)
     # a subspace given as a NumPy index is saved and loaded
     r = fp.bnn.fit(model, x, y, "subspace", family_options={"index": np.arange(10)}, epochs=5, key=key,
                    progress=False)

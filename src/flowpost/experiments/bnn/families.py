@@ -207,6 +207,10 @@ def make(family: str | F.Flow, model: BNN, *, key=None, init_scale: float = 1e-2
         if size >= block:
             parts.append(Blockwise(_realnvp(k, block, layers, hidden), start, size // block, d))
         start += size
+    if not parts:
+        raise ValueError(f"bnn: `block` {block} is larger than every parameter array (the largest has "
+                         f"{int(np.bincount(model.segments).max())} weights), so 'blockflow' would be mean-field; "
+                         "use a smaller `block`")
     return F.Flow(F.Chain(parts + [affine]))
 
 
