@@ -260,6 +260,18 @@ def test_model_options_and_saved_index(tmp_path):
     assert names == {"['params']['Dense_11']['bias']", "['params']['Dense_11']['kernel']"}
 
 
+def test_mixed_dtype_params_under_x64(x64):
+    """float64 and float32 leaves ravel to float64; the weights are float32 (failed with
+    'unravel function given array of dtype float32, but expected dtype float64')."""
+    params = (jnp.zeros((1, 1), jnp.float64), jnp.zeros(1, jnp.float32))
+    m = fp.bnn.model(lambda p, x: x @ p[0] + p[1], "gaussian", params=params, noise=0.5)
+    x = np.linspace(-1, 1, 20)[:, None]
+    y = 2 * x[:, 0] + 0.1
+    r = fp.bnn.fit(m, x, y, "meanfield", epochs=3000, learning_rate=1e-2, key=jax.random.key(0), progress=False)
+    mean, cov = _exact_blr(x, y, 0.5, 1.0)
+    np.testing.assert_allclose(np.asarray(r.sample(jax.random.key(1), 4000)).mean(0), mean, atol=0.05)
+
+
 def test_uci_split_rule_and_standardisation():
     x, y = uci.load_raw("bostonHousing")
     assert x.shape == (506, 13)

@@ -352,11 +352,12 @@ def model(network, likelihood: str | Any = "gaussian", prior: float | GaussianPr
     if not leaves:
         raise ValueError("bnn: the network has no inexact (floating-point) parameter arrays")
     flat, unravel = ravel_pytree(tree)
+    tree_dtype = flat.dtype  # mixed leaf dtypes (float32 and float64 under x64) ravel to the wider one
     flat = flat.astype(jnp.float32)
     segments = np.repeat(np.arange(len(leaves)), [int(np.prod(l.shape)) for l in leaves])
 
     def forward(w, x):
-        p = unravel(w)
+        p = unravel(w.astype(tree_dtype))
         return call(p, x) if batched else jax.vmap(lambda xi: call(p, xi))(x)
 
     return BNN(forward, flat, unravel, segments, tuple(_leaf_names(tree)), lik, prior)
