@@ -156,6 +156,9 @@ def test_bad_input_is_rejected_before_training():
         fit(wide, x, y)
     with pytest.raises(ValueError, match="network failed on inputs"):
         fit(reg, np.ones((10, 5), np.float32), y)
+    pooled = fp.bnn.model(lambda p, x: jnp.sum(x @ p, keepdims=True), params=jnp.zeros((3, 1)))  # mixes examples
+    with pytest.raises(ValueError, match=r"maps a batch of shape \(3, 3\) to outputs of shape \(1, 1\)"):
+        fit(pooled, x, y)
     binary = fp.bnn.model(fp.bnn.mlp(key, 3, 1, hidden=(4,)), "bernoulli")
     with pytest.raises(ValueError, match="Bernoulli labels `y` must be 0 or 1; found \\[2\\]"):
         fit(binary, x, np.array([0, 1] * 4 + [2, 1]))

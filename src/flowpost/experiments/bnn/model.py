@@ -278,11 +278,15 @@ class BNN:
                 raise TypeError(f"bnn: `{name}` must be numeric, got dtype {a.dtype}")
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"bnn: `{name}` holds {int(np.sum(~np.isfinite(a)))} non-finite value(s) (NaN or inf)")
+        shape = (3, *x.shape[1:])  # a batch of 3: an `apply` that mixes or drops the batch axis shows
         try:
             out = jax.eval_shape(self.forward, jax.ShapeDtypeStruct((self.n_weights,), jnp.float32),
-                                 jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32))
+                                 jax.ShapeDtypeStruct(shape, jnp.float32))
         except Exception as e:  # noqa: BLE001  (re-raised with context)
-            raise ValueError(f"bnn: the network failed on inputs of shape (1, {', '.join(map(str, x.shape[1:]))}): {e}") from e
+            raise ValueError(f"bnn: the network failed on inputs of shape {shape}: {e}") from e
+        if out.ndim < 1 or out.shape[0] != 3:
+            raise ValueError(f"bnn: the network maps a batch of shape {shape} to outputs of shape {out.shape}; it must "
+                             "keep the batch axis first (one output per example)")
         self.likelihood.check(tuple(out.shape[1:]), y)
         y = y.astype(np.int32) if isinstance(self.likelihood, Categorical) else y.astype(np.float32)
         return x.astype(np.float32), y
