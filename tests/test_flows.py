@@ -228,6 +228,17 @@ def test_student_t_base_normalised(x64):
     np.testing.assert_allclose(flow.log_prob(x), lp, rtol=1e-9)
 
 
+@pytest.mark.parametrize("bij,inside,outside", [(F.Exp(), 2.0, -1.0), (F.Softplus(), 2.0, 0.0),
+                                                 (F.Sigmoid(), 0.3, 1.5), (F.Tanh(), 0.3, -1.0)])
+def test_log_prob_outside_the_support_is_minus_inf(bij, inside, outside):
+    """Was NaN (log of a negative number); the gradient stays finite."""
+    flow = F.Flow(F.Chain([F.AffineElementwise(0.0, 1.0, dim=2), bij]))
+    assert np.isfinite(float(flow.log_prob(jnp.array([inside, inside]))))
+    x = jnp.array([inside, outside])
+    assert float(flow.log_prob(x)) == -np.inf
+    assert np.all(np.isfinite(jax.grad(flow.log_prob)(x)))
+
+
 @pytest.mark.parametrize("df", [3.0, 5.0, 10.0, 2.5])
 def test_student_t_base_samples_follow_the_t_law(df):
     """Integer df (chi^2 from exponentials, plus a squared normal when odd) and

@@ -15,6 +15,15 @@ class _Elementwise(Bijection):
         self.dim, self.cond_dim = None, None
 
 
+def _on_support(y, inside, safe, inverse):
+    """``inverse(y) -> (x, elementwise log|dx/dy|)`` where every ``y`` is ``inside`` the range;
+    outside it the log-determinant is ``-inf`` (and ``x`` a finite placeholder), so a flow's
+    ``log_prob`` of a point outside its support is ``-inf``, not NaN, with finite gradients."""
+    ok = inside(y)
+    x, ld = inverse(jnp.where(ok, y, safe))
+    return x, jnp.where(jnp.all(ok), jnp.sum(ld), -jnp.inf)
+
+
 class Exp(_Elementwise):
     """``R -> (0, inf)``: ``y = exp(x)``, ``log dy/dx = x``."""
 
@@ -22,8 +31,7 @@ class Exp(_Elementwise):
         return jnp.exp(x), jnp.sum(x)
 
     def _inverse(self, y, context):
-        x = jnp.log(y)
-        return x, -jnp.sum(x)
+        return _on_support(y, lambda v: v > 0, 1.0, lambda v: (jnp.log(v), -jnp.log(v)))
 
 
 class Softplus(_Elementwise):
@@ -33,8 +41,11 @@ class Softplus(_Elementwise):
         return softplus(x), jnp.sum(jax.nn.log_sigmoid(x))
 
     def _inverse(self, y, context):
-        x = y + jnp.log(-jnp.expm1(-y))
-        return x, -jnp.sum(jax.nn.log_sigmoid(x))
+        def inverse(v):
+            x = v + jnp.log(-jnp.expm1(-v))
+            return x, -jax.nn.log_sigmoid(x)
+
+        return _on_support(y, lambda v: v > 0, 1.0, inverse)
 
 
 class Sigmoid(_Elementwise):
@@ -45,8 +56,11 @@ class Sigmoid(_Elementwise):
         return jax.nn.sigmoid(x), jnp.sum(jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x))
 
     def _inverse(self, y, context):
-        x = jnp.log(y) - jnp.log1p(-y)
-        return x, -jnp.sum(jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x))
+        def inverse(v):
+            x = jnp.log(v) - jnp.log1p(-v)
+            return x, -(jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x))
+
+        return _on_support(y, lambda v: (v > 0) & (v < 1), 0.5, inverse)
 
 
 class Tanh(_Elementwise):
@@ -56,8 +70,11 @@ class Tanh(_Elementwise):
         return jnp.tanh(x), jnp.sum(2 * (jnp.log(2.0) - x - softplus(-2 * x)))
 
     def _inverse(self, y, context):
-        x = jnp.arctanh(y)
-        return x, -jnp.sum(2 * (jnp.log(2.0) - x - softplus(-2 * x)))
+        def inverse(v):
+            x = jnp.arctanh(v)
+            return x, -2 * (jnp.log(2.0) - x - softplus(-2 * x))
+
+        return _on_support(y, lambda v: jnp.abs(v) < 1, 0.0, inverse)
 
 
 class AffineElementwise(Bijection):
