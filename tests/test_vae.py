@@ -207,6 +207,38 @@ def _images(n=300, d=784, seed=0):
                          (28, 28), binary=True)
 
 
+def test_validation_elbo_ignores_the_padding_and_limit_spreads_over_the_split():
+    """The last validation batch is padded by repeating its last image; those copies once
+    counted (700 images: 195.4 reported vs 151.5 true). And `limit` takes images spread
+    over a split: the MNIST test file is sorted by digit."""
+    d = _images(n=501, seed=1)
+    valid = d.valid.copy()
+    valid[-1] = 1.0  # an atypical last image, repeated 499 times in the padded batch
+    d = vae.ImageData("mnist", d.train, valid, d.test, (28, 28), True)
+    r = vae.train(_tiny(epochs=1, limit=None), data=d, progress=False)
+    reported = r.history[-1]["valid_neg_elbo"]
+    true = -float(np.mean(fp.vae.evaluate.elbo(r.model, valid, jax.random.key(5))))
+    assert abs(reported - true) < 3.0, (reported, true)
+    labels = np.repeat(np.arange(10), 100)  # sorted like the MNIST test file
+    assert len(np.unique(vdata.subset(labels, 50))) == 10
+    np.testing.assert_array_equal(vdata.subset(labels, 50), vdata.subset(labels, 50))
+
+
+def test_small_latents_numpy_configs_and_nan_grey_images():
+    """sylvester-o's default M = 16 is capped at the latent size; NumPy scalars in a
+    config become Python numbers (they failed at the first JSON checkpoint write); NaN
+    grey levels are refused (NaN passed the range comparisons)."""
+    f = make_flow("sylvester-o", jax.random.key(0), 4, 8)
+    assert f is not None
+    cfg = vae.TrainConfig(model=vae.VAEConfig(latent=np.int64(4)), epochs=np.int64(3), learning_rate=np.float32(1e-3))
+    json.dumps(cfg.to_dict())
+    assert type(cfg.model.latent) is int and type(cfg.epochs) is int
+    x = np.zeros((2, 4), np.float32)
+    x[0, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        likelihoods.DiscretizedLogistic().check(x)
+
+
 def test_non_binary_images_are_rejected_before_training():
     d = _images()
     grey = vae.ImageData("mnist", d.train * 0.5, d.valid, d.test, (28, 28), True)

@@ -3,8 +3,11 @@ anything is traced or compiled."""
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import pathlib
+
+import numpy as np
 
 
 def check_ints(who: str = "", least: int = 1, **values) -> None:
@@ -37,3 +40,12 @@ def out_folder(who: str, out) -> pathlib.Path | None:
     except OSError as e:
         raise ValueError(f"{who}: `out` ({out}) cannot be used as a folder: {e}") from e
     return out
+
+
+def plain_numbers(config) -> None:
+    """Replace NumPy scalars (``np.int64(4)`` from ``np.arange``) in the fields of a frozen
+    dataclass by Python numbers, so the configuration is JSON and a static JAX value."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, np.generic):
+            object.__setattr__(config, f.name, value.item())

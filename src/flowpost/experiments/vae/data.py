@@ -94,14 +94,24 @@ def frey_faces(file=None, seed: int = 0, n_valid: int = 200, n_test: int = 200) 
     return ImageData("freyfaces", train, valid, test, (28, 20), binary=False)
 
 
+def subset(images: np.ndarray, limit: int | None) -> np.ndarray:
+    """``limit`` images spread over the whole split (a fixed random choice, kept in file
+    order), all of them for ``None``. Not the first ``limit``: the MNIST test file is
+    sorted by digit, so its first 980 images are all zeros."""
+    if limit is None or limit >= len(images):
+        return images
+    return images[np.sort(np.random.RandomState(0).permutation(len(images))[:limit])]
+
+
 def load(name: str, *, file=None, limit: int | None = None) -> ImageData:
-    """Data set by name (``"mnist"`` or ``"freyfaces"``); ``limit`` keeps the first
-    ``limit`` images of each split (quick runs and tests)."""
+    """Data set by name (``"mnist"`` or ``"freyfaces"``); ``limit`` keeps ``limit`` images
+    of each split, spread over it (:func:`subset`; quick runs and tests)."""
     if name not in DATASETS:
         raise ValueError(f"`dataset` must be one of {DATASETS}, got {name!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"`limit` must be a positive integer or None, got {limit!r}")
     d = binarized_mnist(file) if name == "mnist" else frey_faces(file)
     if limit is not None:
-        d = dataclasses.replace(d, train=d.train[:limit], valid=d.valid[:limit], test=d.test[:limit])
+        d = dataclasses.replace(d, train=subset(d.train, limit), valid=subset(d.valid, limit),
+                                test=subset(d.test, limit))
     return d

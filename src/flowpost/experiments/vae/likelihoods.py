@@ -74,6 +74,8 @@ class DiscretizedLogistic:
 
     def check(self, x, name="x"):
         x = np.asarray(x)
+        if not np.all(np.isfinite(x)):  # comparisons with NaN are all False: check first
+            raise ValueError(f"`{name}`: images hold {int(np.sum(~np.isfinite(x)))} non-finite value(s)")
         k = x * (self.levels - 1)
         if np.any((x < 0) | (x > 1)) or np.any(np.abs(k - np.round(k)) > 1e-3):
             raise ValueError(f"`{name}`: a discretised-logistic decoder needs grey levels k/{self.levels - 1} "

@@ -17,7 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ..._checks import check_ints
+from ..._checks import check_ints, plain_numbers
 from . import likelihoods
 from .nets import GatedConvDecoder, GatedConvEncoder, MLPDecoder, MLPEncoder
 from .posterior import FLOWS, Posterior, make_flow
@@ -85,6 +85,7 @@ class VAEConfig:
     flow_options: tuple[tuple[str, Any], ...] = ()  # overrides of posterior.DEFAULTS
 
     def __post_init__(self):
+        plain_numbers(self)
         if self.flow not in FLOWS:
             raise ValueError(f"`flow` must be one of {FLOWS}, got {self.flow!r}")
         if self.arch not in ARCHS:

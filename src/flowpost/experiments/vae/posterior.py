@@ -63,6 +63,8 @@ def make_flow(name: str, key, latent: int, context: int, **options) -> flows.Bij
         f = flows.spline(key, latent, autoregressive=True, **opts, **c)
     else:
         kind = {"o": "orthogonal", "h": "householder", "t": "triangular"}[name[-1]]
+        if kind == "orthogonal" and "m" not in options:
+            opts["m"] = min(opts["m"], latent)  # M <= latent size; the default 16 is for latent >= 16
         f = flows.sylvester(key, latent, kind=kind, **opts, **c)
     return f.bijection
 

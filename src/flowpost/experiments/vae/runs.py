@@ -24,7 +24,7 @@ import pathlib
 import equinox as eqx
 import jax
 
-from ..._checks import check_ints, check_positive
+from ..._checks import check_ints, check_positive, plain_numbers
 from . import data as vdata
 from . import evaluate
 from .model import VAEConfig, make_vae
@@ -50,9 +50,10 @@ class TrainConfig:
     warmup: int = 100  # epochs of KL warm-up (0: none)
     patience: int = 100
     seed: int = 0
-    limit: int | None = None  # first `limit` images of each split (quick runs)
+    limit: int | None = None  # `limit` images of each split, spread over it (quick runs)
 
     def __post_init__(self):
+        plain_numbers(self)
         if not isinstance(self.model, VAEConfig):
             raise TypeError(f"`model` must be a VAEConfig, got {type(self.model).__name__}")
         if self.dataset not in vdata.DATASETS:
@@ -142,7 +143,9 @@ def evaluate_run(run, samples: int = 5000, key=None, limit: int | None = None, p
     run = pathlib.Path(run)
     model, config, meta = load(run)
     d = vdata.load(config.dataset, limit=config.limit)
-    x = d.test if limit is None else d.test[:limit]
+    if limit is not None:
+        check_ints("vae eval", limit=limit)
+    x = vdata.subset(d.test, limit)
     key = jax.random.key(config.seed + 1) if key is None else key
     result = evaluate.evaluate(model, x, key, samples=samples, progress=progress)
     result.update(flow=config.model.flow, arch=config.model.arch, dataset=config.dataset,

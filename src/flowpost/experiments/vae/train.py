@@ -161,7 +161,7 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
             best_params = eqx.filter(runs.read(out / runs.BEST, model), eqx.is_inexact_array)
 
     x_train = jnp.asarray(d.train, jnp.float32)
-    x_valid = evaluate._batches(np.asarray(d.valid, np.float32), min(500, len(d.valid)))[0]
+    x_valid, n_valid = evaluate._batches(np.asarray(d.valid, np.float32), min(500, len(d.valid)))
     lr = jnp.float32(config.learning_rate)
 
     def epoch_fn(state, beta):
@@ -194,8 +194,10 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
                     message = (f"stopped: non-finite loss or gradient at epoch {epoch + 1}, step {bad + 1}; "
                                f"nothing of that epoch was saved (the checkpoint of epoch {epoch} is kept)")
                     break
-                valid = -float(np.mean(evaluate._elbo_batches(eqx.combine(new_state.params, static), x_valid,
-                                                               jax.random.fold_in(k_valid, epoch))))
+                # the last batch is padded by repeating an image: average over the n_valid real ones
+                valid = -float(np.mean(np.asarray(evaluate._elbo_batches(
+                    eqx.combine(new_state.params, static), x_valid, jax.random.fold_in(k_valid, epoch))
+                ).reshape(-1)[:n_valid]))
                 if not math.isfinite(valid):
                     message = (f"stopped: non-finite validation -ELBO at epoch {epoch + 1}; nothing of that "
                                f"epoch was saved (the checkpoint of epoch {epoch} is kept)")
