@@ -33,7 +33,7 @@ def train(
     warmup: int = typer.Option(100, help="epochs of KL warm-up (0: none)"),
     patience: int = typer.Option(100, help="early stopping: epochs without validation improvement"),
     seed: int = typer.Option(0, help="PRNG seed"),
-    limit: Optional[int] = typer.Option(None, help="use only the first LIMIT images of each split (quick runs)"),
+    limit: Optional[int] = typer.Option(None, help="use only LIMIT images of each split, spread over it (quick runs)"),
     out: pathlib.Path = typer.Option(pathlib.Path("runs/vae"), help="run folder; resumed if it has a checkpoint"),
 ):
     """Train a flow-VAE; writes checkpoints every epoch, history.json, summary.json and PNGs to OUT.
@@ -68,7 +68,7 @@ def train(
 def eval_(
     run: pathlib.Path = typer.Argument(..., help="a `flowpost vae train` output folder"),
     samples: int = typer.Option(5000, help="importance samples per test image for the NLL"),
-    limit: Optional[int] = typer.Option(None, help="evaluate only the first LIMIT test images"),
+    limit: Optional[int] = typer.Option(None, help="evaluate only LIMIT test images, spread over the test set"),
     seed: int = typer.Option(1, help="PRNG seed"),
 ):
     """Test -ELBO and NLL (importance sampling) in nats per image; writes RUN/eval.json."""
