@@ -239,6 +239,19 @@ def test_small_latents_numpy_configs_and_nan_grey_images():
         likelihoods.DiscretizedLogistic().check(x)
 
 
+def test_a_run_on_your_own_images_is_never_scored_on_mnist(tmp_path):
+    """Such a run was recorded as dataset 'mnist', and `vae eval` scored it on MNIST."""
+    own = vae.ImageData("shapes", *(np.asarray(a) for a in (_images(120, seed=2).train, _images(60, seed=3).valid,
+                                                             _images(40, seed=4).test)), (28, 28), True)
+    vae.train(_tiny(epochs=1, limit=None), out=tmp_path / "own", data=own, progress=False)
+    with pytest.raises(ValueError, match="trained on your own images.*pass the same `data=`"):
+        vae.evaluate_run(tmp_path / "own", samples=10)
+    with pytest.raises(ValueError, match="resume it with the same `data=`"):
+        vae.train(_tiny(epochs=2, limit=None), out=tmp_path / "own", progress=False)
+    r = vae.evaluate_run(tmp_path / "own", samples=10, data=own)
+    assert r["n_images"] == 40 and r["dataset"] == "own data" and 0 < r["nll"] <= r["neg_elbo"] + 1.0
+
+
 def test_non_binary_images_are_rejected_before_training():
     d = _images()
     grey = vae.ImageData("mnist", d.train * 0.5, d.valid, d.test, (28, 28), True)

@@ -137,18 +137,24 @@ def load(run):
     return read(path, make_vae(config.model, jax.random.key(0))), config, meta
 
 
-def evaluate_run(run, samples: int = 5000, key=None, limit: int | None = None, progress: bool = False) -> dict:
+def evaluate_run(run, samples: int = 5000, key=None, limit: int | None = None, progress: bool = False,
+                 data: vdata.ImageData | None = None) -> dict:
     """Test ``neg_elbo`` and ``nll`` (nats per image) of a run's best model; writes
-    ``run/eval.json`` and returns its content."""
+    ``run/eval.json`` and returns its content. A run trained on the user's own images
+    (``train(..., data=...)``) needs the same ``data`` (its test split is scored)."""
     run = pathlib.Path(run)
     model, config, meta = load(run)
-    d = vdata.load(config.dataset, limit=config.limit)
+    if meta.get("own_data") and data is None:
+        raise ValueError(f"{run} was trained on your own images (train(..., data=...)), not on the "
+                         f"{config.dataset!r} files: pass the same `data=` to evaluate it")
+    d = data if data is not None else vdata.load(config.dataset, limit=config.limit)
     if limit is not None:
         check_ints("vae eval", limit=limit)
     x = vdata.subset(d.test, limit)
     key = jax.random.key(config.seed + 1) if key is None else key
     result = evaluate.evaluate(model, x, key, samples=samples, progress=progress)
-    result.update(flow=config.model.flow, arch=config.model.arch, dataset=config.dataset,
+    result.update(flow=config.model.flow, arch=config.model.arch,
+                  dataset="own data" if data is not None else config.dataset,
                   epoch=meta.get("epoch"), split="test")
     (run / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -140,6 +140,9 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
     if ckpt is not None and ckpt.exists():  # checked before anything is built or compiled
         meta = runs.read_meta(ckpt)
         runs.check_architecture(ckpt, meta, config)
+        if meta.get("own_data") and data is None:
+            raise ValueError(f"{ckpt}: the run was trained on your own images (train(..., data=...)); resume it "
+                             f"with the same `data=`, not the {config.dataset!r} files")
     d = data if data is not None else vdata.load(config.dataset, limit=config.limit)
     _check_data(config, d)
 
@@ -169,7 +172,8 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
                          config.batch_size)
 
     def record(epoch):
-        return {"config": config.to_dict(), "epoch": epoch, "best_valid": best_valid, "best_epoch": best_epoch,
+        return {"config": config.to_dict(), "own_data": data is not None, "epoch": epoch, "best_valid": best_valid,
+                "best_epoch": best_epoch,
                 "since_best": since_best, "history": [{k: v for k, v in h.items() if k != "this_call"}
                                                       for h in history]}
 
