@@ -31,15 +31,6 @@ SMALL_FLOW_OPTIONS = {
 }
 
 
-def _perturb(model, key, scale):
-    """Every trainable array plus N(0, scale^2) noise: the flows leave the identity."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    leaves = [a + scale * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
-    return eqx.combine(jax.tree.unflatten(tree, leaves), static)
-
-
 def _perturb(tree, seed, scale):
     """Every trainable array plus N(0, scale^2) noise (numpy: nothing to compile), so that
     the flows leave the identity they start at."""
