@@ -22,6 +22,7 @@ import zlib
 import numpy as np
 
 from ... import data as _data
+from ..._checks import check_ints
 
 DATASETS = ("mnist", "freyfaces")
 
@@ -108,8 +109,8 @@ def load(name: str, *, file=None, limit: int | None = None) -> ImageData:
     of each split, spread over it (:func:`subset`; quick runs and tests)."""
     if name not in DATASETS:
         raise ValueError(f"`dataset` must be one of {DATASETS}, got {name!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"`limit` must be a positive integer or None, got {limit!r}")
+    if limit is not None:
+        check_ints(limit=limit)
     d = binarized_mnist(file) if name == "mnist" else frey_faces(file)
     if limit is not None:
         d = dataclasses.replace(d, train=subset(d.train, limit), valid=subset(d.valid, limit),

@@ -78,11 +78,16 @@ def _elbo_batches(model, xb, key):
     return jax.lax.map(lambda a: objectives.elbo(model, a[0], a[1])[1], (xb, keys))
 
 
+def batched_elbo(model, xb, n: int, key) -> np.ndarray:
+    """Single-draw ELBO of the ``n`` real images of ``_batches``' padded ``xb`` (the padding
+    repeats the last image; it must not count)."""
+    return np.asarray(_elbo_batches(model, xb, key)).reshape(-1)[:n]
+
+
 def elbo(model, x, key, batch: int = 500) -> np.ndarray:
     """Single-draw ELBO per image, ``x (n, D) -> (n,)``."""
     x = _check_images(model, x, "x")
-    xb, n = _batches(x, min(batch, len(x)))
-    return np.asarray(_elbo_batches(model, xb, key)).reshape(-1)[:n]
+    return batched_elbo(model, *_batches(x, min(batch, len(x))), key)
 
 
 def evaluate(model, x, key, samples: int = 5000, chunk: int = 500, progress: bool = False) -> dict:

@@ -173,9 +173,8 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
 
     def record(epoch):
         return {"config": config.to_dict(), "own_data": data is not None, "epoch": epoch, "best_valid": best_valid,
-                "best_epoch": best_epoch,
-                "since_best": since_best, "history": [{k: v for k, v in h.items() if k != "this_call"}
-                                                      for h in history]}
+                "best_epoch": best_epoch, "since_best": since_best,
+                "history": [{k: v for k, v in h.items() if k != "this_call"} for h in history]}
 
     message = f"completed {config.epochs} epochs"
     if start >= config.epochs:
@@ -198,10 +197,8 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
                     message = (f"stopped: non-finite loss or gradient at epoch {epoch + 1}, step {bad + 1}; "
                                f"nothing of that epoch was saved (the checkpoint of epoch {epoch} is kept)")
                     break
-                # the last batch is padded by repeating an image: average over the n_valid real ones
-                valid = -float(np.mean(np.asarray(evaluate._elbo_batches(
-                    eqx.combine(new_state.params, static), x_valid, jax.random.fold_in(k_valid, epoch))
-                ).reshape(-1)[:n_valid]))
+                valid = -float(np.mean(evaluate.batched_elbo(eqx.combine(new_state.params, static), x_valid, n_valid,
+                                                              jax.random.fold_in(k_valid, epoch))))
                 if not math.isfinite(valid):
                     message = (f"stopped: non-finite validation -ELBO at epoch {epoch + 1}; nothing of that "
                                f"epoch was saved (the checkpoint of epoch {epoch} is kept)")
