@@ -293,6 +293,10 @@ def test_save_load_roundtrip_and_arviz(gauss, tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     np.testing.assert_allclose(np.load(tmp_path / "t.npy"), a["theta"], rtol=1e-6)
     np.testing.assert_allclose(back.trace.elbo, r.trace.elbo)
+    # the Laplace start comes back, and with it diagnostics()["start"]
+    assert back.start.note == r.start.note and back.start.iterations == r.start.iterations
+    np.testing.assert_allclose(back.start.mode, r.start.mode)
+    np.testing.assert_allclose(back.start.chol, r.start.chol)
     idata = r.to_arviz(n=500)
     assert idata.posterior["theta"].shape == (1, 500, DIM)
     assert "log_weight" in idata.sample_stats
@@ -307,6 +311,12 @@ def test_save_load_roundtrip_and_arviz(gauss, tmp_path):
     banana = fp.Target(lambda u: -0.5 * jnp.sum((u - 10.0) ** 2), 2, name="banana")
     r2 = fp.fit(banana, family="meanfield", steps=50, key=jax.random.key(0), progress=False)
     r2.save(tmp_path / "user")
+    # a family given as a flow starts as built: no start to save, none loaded
+    flow = fp.flows.realnvp(jax.random.key(1), 2)
+    r3 = fp.fit(banana, family=flow, steps=20, key=jax.random.key(0), progress=False)
+    r3.save(tmp_path / "custom")
+    assert r3.start is None and not (tmp_path / "custom" / "start.npz").exists()
+    assert fp.load(tmp_path / "custom", target=banana, like=flow).start is None
     with pytest.raises(ValueError, match="a user's target.*pass `target=`"):
         fp.load(tmp_path / "user")
     np.testing.assert_allclose(fp.load(tmp_path / "user", target=banana).sample(jax.random.key(1), 5)["theta"],

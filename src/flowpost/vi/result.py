@@ -93,7 +93,7 @@ class FitResult:
         of the run), ``elbo_slope`` (nats per 1000 steps there), ``grad_norm`` (median
         there), ``log_evidence`` (importance-sampling estimate of log Z, an upper
         estimate vs. the ELBO), ``warnings`` (list of str), ``message`` and ``start``
-        (how the family started, e.g. the Laplace note; None for a loaded result).
+        (how the family started, e.g. the Laplace note; None if it started as built).
         """
         key = jax.random.key(12345) if key is None else key
         check_ints(least=10, n=n)  # PSIS fits a tail to the largest weights: it needs some
@@ -190,12 +190,17 @@ class FitResult:
         return compare(flatten_draws(draws), self.target.reference)
 
     def save(self, path) -> pathlib.Path:
-        """Save to the folder ``path``: ``q.eqx`` (parameters), ``meta.json``, ``trace.npz``
-        and ``posterior.nc`` (ArviZ netCDF of 4000 draws)."""
+        """Save to the folder ``path``: ``q.eqx`` (parameters), ``meta.json``, ``trace.npz``,
+        ``start.npz`` (the start's mode and covariance factor, when there was one) and
+        ``posterior.nc`` (ArviZ netCDF of 4000 draws)."""
+        start = None if self.start is None else {"log_prob": float(self.start.log_prob),
+                                                 "iterations": int(self.start.iterations), "note": self.start.note}
         path = save_flow(path, self.q, self.trace, {
             "target": self.target.name, "builtin": json_or_none(self.target.builtin), "dim": self.target.dim,
             "family": self.family, "objective": self.objective, "steps": self.steps, "message": self.message,
-            "seconds": self.seconds})
+            "seconds": self.seconds, "start": start})
+        if self.start is not None:
+            np.savez(path / "start.npz", mode=np.asarray(self.start.mode), chol=np.asarray(self.start.chol))
         self.to_arviz().to_netcdf(str(path / "posterior.nc"))
         return path
 
@@ -313,4 +318,17 @@ def load(path, target: Target | None = None, like=None) -> FitResult:
     q, trace = read_flow(path, meta, like, "load")
     return FitResult(q=q, target=target, trace=trace, steps=meta["steps"],
                      message=meta["message"], seconds=meta["seconds"], family=meta["family"],
-                     objective=meta["objective"])
+                     objective=meta["objective"], start=_read_start(path, meta))
+
+
+def _read_start(path, meta: dict):
+    """The saved start (:class:`~.init.Laplace`), or None (none was used, or the result
+    was saved before starts were)."""
+    from .init import Laplace
+
+    file = pathlib.Path(path) / "start.npz"
+    if not meta.get("start") or not file.exists():
+        return None
+    arrays = np.load(file)
+    return Laplace(jnp.asarray(arrays["mode"]), jnp.asarray(arrays["chol"]), meta["start"]["log_prob"],
+                   meta["start"]["iterations"], meta["start"]["note"])
