@@ -273,8 +273,12 @@ def test_resume_is_exact_and_checkpoints_are_checked(tmp_path):
 
     # a checkpoint of another architecture: a clear error, nothing overwritten
     before = {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.eqx")}
-    with pytest.raises(ValueError, match=r"another architecture \(flow: checkpoint 'none' vs requested 'iaf'"):
+    with pytest.raises(ValueError, match=r"another run \(flow: checkpoint 'none' vs requested 'iaf'"):
         vae.train(_tiny(epochs=3, flow="iaf"), tmp_path / "b", data=d, progress=False)
+    # ... or of other training settings: resuming may change only epochs, patience, learning rate
+    for change in ({"objective": "iwae", "k": 2}, {"batch_size": 16}, {"seed": 1}, {"warmup": 0}):
+        with pytest.raises(ValueError, match=f"another run \\({next(iter(change))}: checkpoint"):
+            vae.train(_tiny(epochs=3, **change), tmp_path / "b", data=d, progress=False)
     other = vae.make_vae(_tiny(flow="iaf").model, jax.random.key(0))
     with pytest.raises(ValueError, match="does not match the model's architecture"):
         runs.read(tmp_path / "b" / "best.eqx", other)
@@ -283,6 +287,7 @@ def test_resume_is_exact_and_checkpoints_are_checked(tmp_path):
     failed = vae.train(_tiny(epochs=4, learning_rate=1e30), tmp_path / "b", data=d,
                        progress=False, plots_at_end=False)
     assert failed.message.startswith("stopped: non-finite"), failed.message
+    assert failed.status == "nonfinite"
     assert failed.epochs_done == 2
     assert {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.eqx")} == before
 
@@ -296,6 +301,20 @@ def test_bad_configuration_is_rejected():
         vae.TrainConfig(objective="elbo", k=5)
     with pytest.raises(ValueError, match="`batch_size`"):
         vae.train(_tiny(batch_size=1000), data=_images(), progress=False)
+    with pytest.raises(ValueError, match="`hidden` must give at least one hidden-layer width"):
+        vae.VAEConfig(hidden=())
+    with pytest.raises(ValueError, match="`image_shape` must be \\(height, width\\)"):
+        vae.VAEConfig(image_shape=(784,))
+    with pytest.raises(ValueError, match="`height` must be a positive integer"):
+        vae.VAEConfig(image_shape=(0, 28))
+    d = _images()
+    # rows that do not match image_shape, and an empty split: named before anything compiles
+    short = vae.ImageData("mnist", d.train[:, :780], d.valid[:, :780], d.test[:, :780], (28, 28), True)
+    with pytest.raises(ValueError, match=r"`data.train` must hold at least one image as a row of 784 values"):
+        vae.train(_tiny(), data=short, progress=False)
+    empty = vae.ImageData("mnist", d.train, d.valid[:0], d.test, (28, 28), True)
+    with pytest.raises(ValueError, match=r"`data.valid` must hold at least one image.*shape \(0, 784\)"):
+        vae.train(_tiny(), data=empty, progress=False)
 
 
 def test_gated_conv_networks_shapes():
@@ -333,6 +352,18 @@ def test_cli_train_and_eval(tmp_path):
     ev = json.loads((out / "eval.json").read_text())
     assert ev["n_images"] == 50 and ev["samples"] == 20 and ev["flow"] == "none"
     assert 0 < ev["nll"] < ev["neg_elbo"] < 800
+    # a re-run with nothing left to do keeps the summary of the run that trained
+    before = (out / "summary.json").read_bytes()
+    r = runner.invoke(app, ["vae", "train", "--flow", "none", "--epochs", "1", "--limit", "200",
+                            "--latent", "4", "--out", str(out)])
+    assert r.exit_code == 0 and "nothing to do" in r.output
+    assert (out / "summary.json").read_bytes() == before
+    # a run that diverges fails as a command (exit 1) and keeps the last good checkpoint
+    ckpt = (out / "checkpoint.eqx").read_bytes()
+    r = runner.invoke(app, ["vae", "train", "--flow", "none", "--epochs", "2", "--limit", "200",
+                            "--latent", "4", "--learning-rate", "1e30", "--out", str(out)])
+    assert r.exit_code == 1 and "diverged" in r.output, r.output
+    assert (out / "checkpoint.eqx").read_bytes() == ckpt
     r = runner.invoke(app, ["vae", "train", "--flow", "realnvp", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "`flow` must be one of" in r.output
     (tmp_path / "afile").write_text("x")

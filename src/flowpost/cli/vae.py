@@ -60,8 +60,14 @@ def train(
                   f"{result.compile_seconds:.1f}" if math.isfinite(result.compile_seconds) else "-")
     console.print(table)
     console.print(result.message)
+    if result.status == "nonfinite":  # the last good checkpoint is kept; the command failed
+        console.print(f"[red]the run diverged[/red]; {out} keeps the checkpoint of epoch {result.epochs_done}. "
+                      "Re-run the same command with a smaller --learning-rate to resume from it, or inspect history.json.")
+        raise typer.Exit(1)
     console.print(f"wrote {out}/checkpoint.eqx, best.eqx, history.json, summary.json, samples.png, "
                   f"reconstructions.png; next: flowpost vae eval {out}")
+    if result.status == "interrupted":
+        raise typer.Exit(130)
 
 
 @app.command("eval")

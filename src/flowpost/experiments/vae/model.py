@@ -92,6 +92,13 @@ class VAEConfig:
             raise ValueError(f"`arch` must be one of {ARCHS}, got {self.arch!r}")
         check_ints(latent=self.latent, context=self.context)
         likelihoods.get(self.likelihood)
+        if len(tuple(self.image_shape)) != 2:
+            raise ValueError(f"`image_shape` must be (height, width), got {self.image_shape!r}")
+        check_ints(height=self.image_shape[0], width=self.image_shape[1])
+        if self.arch == "mlp" and not tuple(self.hidden):
+            raise ValueError("`hidden` must give at least one hidden-layer width for arch='mlp' (e.g. (300, 300)), "
+                             "got ()")
+        check_ints(**{f"hidden[{i}]": h for i, h in enumerate(self.hidden)})
         object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
         object.__setattr__(self, "hidden", tuple(int(s) for s in self.hidden))
         object.__setattr__(self, "flow_options", tuple(sorted(

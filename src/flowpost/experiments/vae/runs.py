@@ -102,16 +102,22 @@ def read_meta(path) -> dict:
 
 
 def check_architecture(path, meta: dict, config: TrainConfig) -> None:
-    """Raise ValueError if the checkpoint at ``path`` was made for another architecture or data set."""
+    """Raise ValueError if the checkpoint at ``path`` was made for another architecture, data
+    set or training setting (objective, k, batch size, warm-up, seed, limit): resuming may
+    change only the budget (``epochs``, ``patience``) and the ``learning_rate``."""
     saved = TrainConfig.from_dict(meta["config"])
     diff = {f.name: (getattr(saved.model, f.name), getattr(config.model, f.name))
             for f in dataclasses.fields(VAEConfig) if getattr(saved.model, f.name) != getattr(config.model, f.name)}
-    if saved.dataset != config.dataset:
-        diff["dataset"] = (saved.dataset, config.dataset)
+    # a resumed run may change its budget (epochs, patience) and its step size (the usual
+    # rescue of a run that diverged); anything else would make it another run than the one
+    # it continues
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in ("model", "epochs", "patience", "learning_rate") and getattr(saved, f.name) != getattr(config, f.name):
+            diff[f.name] = (getattr(saved, f.name), getattr(config, f.name))
     if diff:
         what = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"{path}: the checkpoint is of another architecture ({what}). Use another --out "
-                         "folder, or the run's own settings to resume it.")
+        raise ValueError(f"{path}: the checkpoint is of another run ({what}); a resumed run may change only "
+                         "`epochs`, `patience` and `learning_rate`. Use another --out folder, or the run's own settings to resume it.")
 
 
 def read(path, like):

@@ -48,6 +48,7 @@ class TrainResult:
     best_valid: float
     epochs_done: int
     message: str
+    status: str  # "completed", "early_stop", "nothing_to_do", "nonfinite" or "interrupted"
     compile_seconds: float  # first epoch minus the median later one (nan with one epoch)
     out: pathlib.Path | None
 
@@ -109,6 +110,12 @@ def _check_data(config: TrainConfig, d: vdata.ImageData):
     if tuple(d.image_shape) != config.model.image_shape:
         raise ValueError(f"`config.model.image_shape` is {config.model.image_shape} but the {d.name} images are "
                          f"{d.image_shape}")
+    dim = config.model.image_shape[0] * config.model.image_shape[1]
+    for split in ("train", "valid", "test"):
+        x = np.asarray(getattr(d, split))
+        if x.ndim != 2 or x.shape[1] != dim or len(x) == 0:
+            raise ValueError(f"`data.{split}` must hold at least one image as a row of {dim} values "
+                             f"(image_shape {config.model.image_shape}, flattened), got an array of shape {x.shape}")
     for split in ("train", "valid"):
         likelihoods.get(config.model.likelihood).check(getattr(d, split), f"data.{split}")
     if len(d.train) < config.batch_size:
@@ -176,11 +183,11 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
                 "best_epoch": best_epoch, "since_best": since_best,
                 "history": [{k: v for k, v in h.items() if k != "this_call"} for h in history]}
 
-    message = f"completed {config.epochs} epochs"
+    status, message = "completed", f"completed {config.epochs} epochs"
     if start >= config.epochs:
-        message = f"nothing to do: the run in {out} has done {start} of {config.epochs} epochs"
+        status, message = "nothing_to_do", f"nothing to do: the run in {out} has done {start} of {config.epochs} epochs"
     elif since_best >= config.patience:
-        message = f"nothing to do: the run in {out} stopped early at epoch {start}"
+        status, message = "nothing_to_do", f"nothing to do: the run in {out} stopped early at epoch {start}"
         start = config.epochs
     epoch = start
     bar = ProgressBar(config.epochs, f"train {config.model.flow} VAE", {"loss": "loss", "valid": "valid -ELBO"},
@@ -194,13 +201,13 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
                 loss, bad = float(loss), int(bad)
                 seconds = time.perf_counter() - t0
                 if bad >= 0 or not math.isfinite(loss):
-                    message = (f"stopped: non-finite loss or gradient at epoch {epoch + 1}, step {bad + 1}; "
+                    status, message = "nonfinite", (f"stopped: non-finite loss or gradient at epoch {epoch + 1}, step {bad + 1}; "
                                f"nothing of that epoch was saved (the checkpoint of epoch {epoch} is kept)")
                     break
                 valid = -float(np.mean(evaluate.batched_elbo(eqx.combine(new_state.params, static), x_valid, n_valid,
                                                               jax.random.fold_in(k_valid, epoch))))
                 if not math.isfinite(valid):
-                    message = (f"stopped: non-finite validation -ELBO at epoch {epoch + 1}; nothing of that "
+                    status, message = "nonfinite", (f"stopped: non-finite validation -ELBO at epoch {epoch + 1}; nothing of that "
                                f"epoch was saved (the checkpoint of epoch {epoch} is kept)")
                     break
                 state = new_state
@@ -217,20 +224,21 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
                     (out / "history.json").write_text(json.dumps(record(epoch + 1)["history"], indent=1) + "\n")
                 bar.update(epoch + 1, loss=f"{loss:.2f}", valid=f"{valid:.2f}")
                 if since_best >= config.patience:
+                    status = "early_stop"
                     message = f"early stop at epoch {epoch + 1}: no improvement for {config.patience} epochs"
                     break
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else start
-        message = (f"interrupted by the user; the checkpoint of epoch {done} is saved"
+        status, message = "interrupted", (f"interrupted by the user; the checkpoint of epoch {done} is saved"
                    + (f" in {out}" if out is not None else ""))
     now = [h["seconds"] for h in history if h.get("this_call")]
     # the first epoch of a call includes compilation (unless this process compiled it already)
     compile_seconds = max(now[0] - float(np.median(now[1:])), 0.0) if len(now) > 1 else float("nan")
     best_model = eqx.combine(best_params, static)
     epochs_done = history[-1]["epoch"] if history else start
-    result = TrainResult(best_model, config, history, best_epoch, best_valid, epochs_done, message,
+    result = TrainResult(best_model, config, history, best_epoch, best_valid, epochs_done, message, status,
                          compile_seconds, out)
-    if out is not None:
+    if out is not None and (now or not (out / "summary.json").exists()):  # a call that trained nothing keeps it
         summary = {"config": config.to_dict(), "message": message, "epochs_done": epochs_done,
                    "best_epoch": best_epoch, "best_valid_neg_elbo": best_valid,
                    "seconds_per_epoch": result.seconds_per_epoch, "compile_seconds": compile_seconds}
