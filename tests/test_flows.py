@@ -278,6 +278,17 @@ def test_bad_input_messages():
         F.realnvp(jax.random.key(0), 0)
     with pytest.raises(TypeError, match="sample size"):
         flow.sample(jax.random.key(0), 2.5)
+    with pytest.raises(ValueError, match=r"`context` holds 1 non-finite"):
+        cflow.log_prob(jnp.zeros(DIM), context=jnp.array([0.0, jnp.nan, 0.0]))
+    # constructor arguments that would give NaNs or a wrong density
+    with pytest.raises(ValueError, match="base has dim 4 but the bijection acts on dim 5"):
+        F.Flow(flow.bijection, base=F.StudentT(4))
+    with pytest.raises(ValueError, match="positive finite.*StandardNormal"):
+        F.StudentT(DIM, float("inf"))
+    with pytest.raises(ValueError, match="diagonal of `chol`.*positive"):
+        F.TriangularAffine(2, chol=jnp.array([[-1.0, 0.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="`scale`.*positive"):
+        F.TriangularAffine(2, scale=0.0)
     # non-finite input under jit is caught at run time with the same meaning
     with pytest.raises(Exception, match="non-finite"):
         jax.block_until_ready(eqx.filter_jit(flow.log_prob)(jnp.full((2, DIM), jnp.nan)))

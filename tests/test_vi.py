@@ -1,5 +1,6 @@
 """The fitting engine: convergence to known answers, objectives, diagnostics, safety."""
 
+import dataclasses
 import json
 import warnings
 
@@ -382,6 +383,46 @@ def test_reference_posteriors_default_flow(name):
     assert d["khat"] < 0.7, d
 
 
+def test_api_edge_cases():
+    """Usage a sweep of the public API found mishandled (each assertion failed before)."""
+    gauss = fp.Target(lambda u: -0.5 * jnp.sum((u - 3.0) ** 2) / 0.01, 2, names=["alpha", "beta"])
+    # NumPy integer sizes (from configs, np.arange...) work like Python ints
+    r = fp.fit(gauss, family="fullrank", steps=np.int64(60), chunk=np.int64(25), num_samples=np.int64(16),
+               key=jax.random.key(0), progress=False)
+    assert r.steps == 60 and r.sample(jax.random.key(1), np.int64(7))["alpha"].shape == (7,)
+    assert np.isfinite(r.diagnostics(n=np.int64(50))["khat"])
+    # `names` without `constrain` name the coordinates everywhere
+    assert list(r.summary(n=100)) == ["alpha", "beta"]
+    assert list(r.to_arviz(n=50).posterior.data_vars) == ["alpha", "beta"]
+    with pytest.raises(ValueError, match="1 `names` for dim 2"):
+        fp.Target(lambda u: -jnp.sum(u**2), 2, names=["only_one"])
+    with pytest.raises(ValueError, match="3 `names` but `constrain` gives 2"):
+        fp.fit(fp.Target(lambda u: -jnp.sum(u**2), 2, constrain=lambda u: {"x": u}, names=["a", "b", "c"]),
+               steps=10, key=jax.random.key(0), progress=False)
+    with pytest.raises(ValueError, match="flat dict of arrays"):
+        fp.fit(fp.Target(lambda u: -jnp.sum(u**2), 2, constrain=lambda u: {"a": {"b": u}}),
+               steps=10, key=jax.random.key(0), progress=False)
+    with pytest.raises(ValueError, match="`tol` must be a positive"):
+        fp.fit(gauss, steps=10, tol=-1.0, key=jax.random.key(0), progress=False)
+    # a log_prob returning a Python float (a flat density) is made an array
+    flat = fp.fit(fp.Target(lambda u: 0.0, 2), family="meanfield", steps=10, key=jax.random.key(0), progress=False)
+    assert flat.steps == 10
+    # a first step blown up by the optimiser (finite loss and gradient) keeps the Laplace start
+    with pytest.warns(RuntimeWarning, match="not finite at step 0; kept the initial state"):
+        bad = fp.fit(gauss, family="fullrank", steps=10, learning_rate=1e30, key=jax.random.key(0), progress=False)
+    assert bad.start.note.startswith("mode") and "kept the initial state" in bad.message
+    np.testing.assert_allclose(bad.sample(jax.random.key(2), 2000)["alpha"].mean(), 3.0, atol=0.02)
+    # diagnostics when the target is -inf where q puts mass: no crash, an honest ELBO
+    disc = fp.Target(lambda u: jnp.where(jnp.sum(u**2) < 1.0, 0.0, -jnp.inf), 2)
+    std = fp.fit(fp.Target(lambda u: -0.5 * jnp.sum(u**2), 2), family="meanfield", steps=10,
+                 key=jax.random.key(0), progress=False)  # q = N(0, I) (its Laplace start), barely moved
+    d = dataclasses.replace(std, target=disc).diagnostics(n=400)  # about 61% of draws outside the disc
+    assert d["elbo"] == -np.inf and 150 < d["nonfinite_weights"] < 330 and np.isfinite(d["khat"])
+    nowhere = fp.Target(lambda u: jnp.where(jnp.sum(u**2) < 1e-6, 0.0, -jnp.inf), 2)
+    d = dataclasses.replace(std, target=nowhere).diagnostics(n=100)
+    assert d["khat"] == np.inf and d["ess"] == 0.0 and d["elbo"] == -np.inf
+
+
 def test_cli_fit_writes_results(tmp_path):
     from typer.testing import CliRunner
 
@@ -390,11 +431,16 @@ def test_cli_fit_writes_results(tmp_path):
     out = tmp_path / "cli"
     res = CliRunner().invoke(app, ["fit", "banana", "--steps", "300", "--draws", "1000", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    s = json.loads((out / "summary.json").read_text())
+    s = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert s["target"] == "banana" and s["steps"] == 300
     assert {"elbo", "khat", "ess"} <= set(s["diagnostics"])
     for f in ("loss.png", "pairs.png", "posterior.nc", "q.eqx", "meta.json"):
         assert (out / f).stat().st_size > 0
+    # too few steps to judge convergence: the slope is NaN, written as null (strict JSON)
+    res = CliRunner().invoke(app, ["fit", "banana", "--steps", "20", "--draws", "100", "--out", str(tmp_path / "c2")])
+    assert res.exit_code == 0, res.output
+    s2 = json.loads((tmp_path / "c2" / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert s2["diagnostics"]["elbo_slope"] is None
     bad = CliRunner().invoke(app, ["fit", "no_such_target"])
     assert bad.exit_code == 2 and "unknown target" in bad.output
     # an unusable --out or --draws is refused before any training

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import operator
 import pathlib
 
 import numpy as np
@@ -15,9 +16,29 @@ def check_ints(who: str = "", least: int = 1, **values) -> None:
 
     ``who`` prefixes the message (e.g. ``"fit"`` -> ``"fit: `steps` must be ..."``)."""
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < least:
+        if _as_int(v) is None or v < least:
             what = "a positive integer" if least == 1 else f"an integer >= {least}"
             raise ValueError(f"{who + ': ' if who else ''}`{name}` must be {what}, got {v!r}")
+
+
+def _as_int(v) -> int | None:
+    """``v`` as a Python int if it is an integer scalar (Python, NumPy or a concrete JAX
+    one), else None (bools are not counts)."""
+    if isinstance(v, (bool, np.bool_)) or np.ndim(v) != 0:
+        return None
+    if isinstance(v, numbers.Integral) or np.issubdtype(getattr(v, "dtype", np.float64), np.integer):
+        try:
+            return operator.index(v)
+        except TypeError:  # an abstract (traced) JAX integer
+            return None
+    return None
+
+
+def as_ints(who: str = "", least: int = 1, **values) -> tuple[int, ...]:
+    """:func:`check_ints`, then the values as Python ints (NumPy and JAX integer scalars
+    would otherwise reach ``lax.scan`` lengths and sample shapes, which need Python ints)."""
+    check_ints(who, least, **values)
+    return tuple(_as_int(v) for v in values.values())
 
 
 def check_positive(who: str = "", **values) -> None:

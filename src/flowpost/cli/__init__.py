@@ -3,7 +3,6 @@ user can also make from Python)."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 import warnings
 from typing import Optional
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .._checks import out_folder
+from .._io import write_json
 from .bnn import app as bnn_app
 from .vae import app as vae_app
 
@@ -106,7 +106,7 @@ def fit(
         plots.pair_plot(flat, out / "pairs.png", reference=t.reference, title=t.name)
         payload = {"target": t.name, "family": family, "objective": objective, "steps": result.steps,
                    "seconds": result.seconds, "diagnostics": diag, "summary": summary, "reference": ref}
-        (out / "summary.json").write_text(json.dumps(payload, indent=2, default=float))
+        write_json(out / "summary.json", payload)
         console.print(f"wrote {out}/summary.json, loss.png, pairs.png, posterior.nc, q.eqx")
 
 

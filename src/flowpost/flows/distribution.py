@@ -52,8 +52,9 @@ class StudentT(eqx.Module):
     df: float = eqx.field(static=True)
 
     def __init__(self, dim: int, df: float = 10.0):
-        if not df > 0:
-            raise ValueError(f"StudentT: `df` must be positive, got {df!r}")
+        if not (df > 0 and math.isfinite(df)):
+            raise ValueError(f"StudentT: `df` must be a positive finite number, got {df!r} "
+                             "(df = inf is the normal: use StandardNormal)")
         self.dim, self.df = dim, float(df)
 
     def log_prob(self, z):
@@ -108,6 +109,8 @@ class Flow(eqx.Module):
             raise ValueError("Flow: the bijection acts on any length; pass `dim=`")
         self.bijection, self.dim, self.cond_dim = bijection, int(dim), bijection.cond_dim
         self.base = StandardNormal(self.dim) if base is None else base
+        if getattr(self.base, "dim", self.dim) != self.dim:
+            raise ValueError(f"Flow: the base has dim {self.base.dim} but the bijection acts on dim {self.dim}")
 
     # -- input checks (static: they run at trace time, before anything is compiled) --
     def _check_context(self, context, method):
@@ -121,6 +124,11 @@ class Flow(eqx.Module):
         context = as_float(context, self)
         if context.ndim == 0 or context.shape[-1] != self.cond_dim:
             raise ValueError(f"Flow.{method}: expected `context` of shape (..., {self.cond_dim}), got {context.shape}.")
+        # checked when concrete (as x is); a traced context, e.g. a VAE encoder's output inside
+        # a training step, is not guarded at run time
+        if not isinstance(context, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(context))):
+            raise ValueError(f"Flow.{method}: `context` holds {int(jnp.sum(~jnp.isfinite(context)))} non-finite "
+                             "value(s) (NaN or inf); the flow's output would be NaN. Clean the context first.")
         return context
 
     def _check_x(self, x):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._checks import check_ints, check_positive
+from .._checks import as_ints, check_positive
 from .bijection import as_float
 from .distribution import Flow
 
@@ -29,7 +29,7 @@ def fit_to_data(flow: Flow, key, data, *, steps: int = 2000, batch_size: int = 2
     A chunk with a non-finite loss stops the fit with a warning naming the step; the flow
     returned is then the one at the start of that chunk (the last state known finite).
     """
-    check_ints("fit_to_data", steps=steps, batch_size=batch_size, chunk=chunk)
+    steps, batch_size, chunk = as_ints("fit_to_data", steps=steps, batch_size=batch_size, chunk=chunk)
     check_positive("fit_to_data", learning_rate=learning_rate)
     data = as_float(data, flow)
     if data.ndim != 2 or data.shape[1] != flow.dim:

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from .._checks import check_ints, check_positive
+from .._checks import as_ints, check_positive
 from .._progress import ProgressBar
 from . import families, objectives
 from .init import laplace, standard_start
@@ -152,9 +152,20 @@ def _check_target(target, key):
                          f"got shape {out.shape}; is `dim` right?")
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(f"fit: target.log_prob must return a real floating-point scalar, got dtype {out.dtype}")
-    log_prob = target.log_prob
-    if out.dtype != u.dtype:
-        log_prob = lambda v: target.log_prob(v).astype(v.dtype)  # noqa: E731
+    try:
+        quantities = jax.eval_shape(target.to_model, u)
+    except Exception as e:  # noqa: BLE001  (re-raised with context)
+        raise ValueError(f"fit: target.constrain failed on a vector of shape ({target.dim},): {e}") from e
+    nested = [k for k, v in quantities.items() if not hasattr(v, "shape")]
+    if nested:
+        raise ValueError(f"fit: target.constrain must return a flat dict of arrays (name -> array); "
+                         f"{nested} hold {type(quantities[nested[0]]).__name__}s. Flatten them, e.g. "
+                         "{'a.b': ...}.")
+    if target.names is not None:
+        target.flat_names()  # the count of `names` against constrain's output, a clear ValueError
+    # an array of the input's dtype: a float32 log_prob under x64 is cast, and a Python
+    # float (e.g. a constant density) becomes an array that optax's L-BFGS can use
+    log_prob = lambda v: jnp.asarray(target.log_prob(v)).astype(v.dtype)  # noqa: E731
     probe = jax.random.normal(key, (8, target.dim))
     values = np.asarray(jax.jit(jax.vmap(log_prob))(probe))
     zero = float(jax.jit(log_prob)(u))
@@ -195,7 +206,7 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
         learning_rate: for the default optimizer.
         key: PRNG key (required).
         init: ``"laplace"`` (mode by L-BFGS + Laplace covariance; if the first step from it
-            is not finite, training restarts from ``N(0, I)``, see
+            has a non-finite loss or gradient, training restarts from ``N(0, I)``, see
             :func:`~flowpost.vi.init.standard_start`; the result's ``start.note`` says
             which) or ``"standard"`` (``N(0, I)``). Ignored for a user's Flow.
         objective_options: e.g. ``{"k": 8}`` for iwelbo, ``{"alpha": 0.5}`` for renyi.
@@ -210,9 +221,11 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
     from .result import FitResult
 
     key = _as_key(key)
-    check_ints("fit", steps=steps, num_samples=num_samples, chunk=chunk)
+    steps, num_samples, chunk = as_ints("fit", steps=steps, num_samples=num_samples, chunk=chunk)
     if optimizer is None:
         check_positive("fit", learning_rate=learning_rate)
+    if tol is not None:
+        check_positive("fit", tol=tol)
     if init not in ("laplace", "standard"):
         raise ValueError(f"fit: `init` must be 'laplace' or 'standard', got {init!r}")
     k_check, k_init, k_run = jax.random.split(key, 3)
@@ -249,9 +262,12 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
                 state, tr = run_chunk(state, n)
                 tr = jax.tree.map(np.asarray, tr)
                 bad = first_nonfinite(tr)
-                if bad == 0 and done == 0 and start is not None and not restarted:
-                    # a Laplace start that cannot train (no mode, e.g. a funnel's neck): from N(0, I)
-                    # instead; same structure, so the compiled chunk serves
+                if (bad == 0 and done == 0 and start is not None and not restarted
+                        and not (np.isfinite(tr.loss[0]) and np.isfinite(tr.grad_norm[0]))):
+                    # a Laplace start that cannot train (no mode, e.g. a funnel's neck: its draws'
+                    # loss or gradient is not finite): from N(0, I) instead; same structure, so
+                    # the compiled chunk serves. (A finite loss and gradient with a non-finite
+                    # update is the optimiser's doing, e.g. an absurd learning rate: keep the start.)
                     start, restarted = standard_start(start), True
                     q = families.make(family, target.dim, start.mode, start.chol, key=k_init)
                     state = FitState.init(flat_params(q)[0], optimizer, k_run)

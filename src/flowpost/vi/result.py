@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_ints
+from .._checks import as_ints, check_ints
 from .target import Target, flatten_draws
 
 
@@ -30,6 +30,10 @@ def psis(log_w: np.ndarray) -> tuple[np.ndarray, float]:
     """Pareto-smoothed log weights (normalised) and k-hat, by ArviZ's PSIS."""
     log_w = np.asarray(log_w, dtype=np.float64)
     finite = np.isfinite(log_w)
+    if not finite.any():
+        raise ValueError(f"none of the {log_w.size} draws has a finite importance weight log p - log q "
+                         "(the target is -inf, or NaN, wherever q puts its mass); q and the target do not "
+                         "overlap, so importance sampling cannot correct q")
     if not finite.all():
         log_w = np.where(finite, log_w, -np.inf)
     with warnings.catch_warnings():
@@ -62,7 +66,7 @@ class FitResult:
     # -- draws --------------------------------------------------------------------------
     def sample_unconstrained(self, key, n: int) -> tuple[jax.Array, jax.Array]:
         """``(u (n, dim), log q(u) (n,))`` in the unconstrained space."""
-        check_ints(n=n)
+        (n,) = as_ints(n=n)
         return _sample(self.q, key, n)
 
     def sample(self, key, n: int) -> dict[str, np.ndarray]:
@@ -99,14 +103,20 @@ class FitResult:
         check_ints(least=10, n=n)  # PSIS fits a tail to the largest weights: it needs some
         _, log_w = self.log_weights(key, n)
         finite = np.isfinite(log_w)
-        lw, khat = psis(log_w)
-        w = np.exp(lw)
-        ess = float(1.0 / np.sum(w**2))
-        m = np.max(log_w[finite])
-        log_z = float(m + np.log(np.mean(np.exp(np.where(finite, log_w - m, -np.inf)))))
-        elbo = float(np.mean(log_w[finite]))
+        if finite.any():
+            lw, khat = psis(log_w)
+            w = np.exp(lw)
+            ess = float(1.0 / np.sum(w**2))
+            m = np.max(log_w[finite])
+            log_z = float(m + np.log(np.mean(np.exp(np.where(finite, log_w - m, -np.inf)))))
+        else:  # nothing to weight: no correction, no evidence
+            khat, ess, log_z = float("inf"), 0.0, float("nan")
+        # the ELBO is the mean over ALL draws: a draw where the target is -inf makes it -inf
+        # (q puts mass where the posterior has none), not the mean of the finite ones
+        elbo = float(np.mean(log_w))
+        elbo_se = float(np.std(log_w) / np.sqrt(n)) if finite.all() else float("nan")
         conv = self.convergence()
-        out = {"elbo": elbo, "elbo_se": float(np.std(log_w[finite]) / np.sqrt(finite.sum())),
+        out = {"elbo": elbo, "elbo_se": elbo_se,
                "khat": khat, "ess": ess, "ess_fraction": ess / n, "log_evidence": log_z,
                "nonfinite_weights": int((~finite).sum()), **conv, "message": self.message,
                "start": None if self.start is None else self.start.note}
@@ -124,7 +134,8 @@ class FitResult:
                 notes.append("k-hat looks fine but the optimisation had not converged: the two disagree, do not "
                              "trust k-hat alone (a collapsed q can give flat weights)")
         if (~finite).any():
-            notes.append(f"{int((~finite).sum())} of {n} draws have non-finite log p - log q")
+            notes.append(f"{int((~finite).sum())} of {n} draws have non-finite log p - log q, so the ELBO is "
+                         f"{elbo}: q puts mass where the target is -inf (or NaN); k-hat and ESS weigh those draws 0")
         out["warnings"] = notes
         return out
 
@@ -151,9 +162,8 @@ class FitResult:
     def resample(self, key, n: int, pool: int | None = None) -> dict[str, np.ndarray]:
         """``n`` PSIS-corrected draws (model space): ``pool`` draws from ``q`` (default
         ``max(4n, 4000)``) resampled with their Pareto-smoothed importance weights."""
-        check_ints(n=n)
-        pool = pool or max(4 * n, 4000)
-        check_ints(pool=pool)
+        (n,) = as_ints(n=n)
+        (pool,) = as_ints(pool=pool or max(4 * n, 4000))
         k1, k2 = jax.random.split(key)
         u, log_w = self.log_weights(k1, pool)
         lw, _ = psis(log_w)

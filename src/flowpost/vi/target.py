@@ -37,7 +37,10 @@ class Target:
         constrain: ``u (dim,) -> dict[str, Array]``, the model's own quantities
             (constrained parameters, deterministic sites). Default: ``{"theta": u}``.
         names: optional flat names, one per entry of the flattened ``constrain`` output
-            (e.g. ``["mu", "tau", "theta[1]", ...]``). Derived when not given.
+            (e.g. ``["mu", "tau", "theta[1]", ...]``). Derived when not given. Without
+            ``constrain``, ``dim`` names make each coordinate a quantity of its own
+            (``constrain`` becomes ``u -> {names[i]: u[i]}``), so draws, summaries and
+            ArviZ output use them.
         reference: optional reference posterior draws, flat name -> array ``(n,)``
             (the gold-standard draws of a posteriordb posterior, for instance).
         log_z: optional known log normalising constant of ``exp(log_prob)``.
@@ -63,19 +66,31 @@ class Target:
         if self.constrain is not None and not callable(self.constrain):
             raise TypeError("Target: `constrain` must be callable or None")
         if self.names is not None:
-            object.__setattr__(self, "names", tuple(self.names))
+            names = tuple(self.names) if not isinstance(self.names, str) else (self.names,)
+            if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+                raise ValueError(f"Target: `names` must be distinct non-empty strings, got {names!r}")
+            object.__setattr__(self, "names", names)
+            if self.constrain is None and len(names) != self.dim:
+                raise ValueError(f"Target: {len(names)} `names` for dim {self.dim}: without `constrain`, give one "
+                                 "name per coordinate")
 
     def to_model(self, u: Array) -> dict[str, Array]:
         """Model-space quantities of one unconstrained vector ``u (dim,)``."""
-        fn = self.constrain or _identity_constrain
-        return dict(fn(u))
+        if self.constrain is None:
+            return _identity_constrain(u) if self.names is None else {n: u[i] for i, n in enumerate(self.names)}
+        return dict(self.constrain(u))
 
     def flat_names(self) -> tuple[str, ...]:
         """Names of the flattened model-space quantities, Stan style (``theta[1]``)."""
-        if self.names is not None:
-            return self.names
         shapes = jax.eval_shape(self.to_model, jax.ShapeDtypeStruct((self.dim,), jnp.float32))
-        return tuple(n for k, s in shapes.items() for n in flat_names(k, s.shape))
+        derived = tuple(n for k, s in shapes.items() for n in flat_names(k, s.shape))
+        if self.names is None:
+            return derived
+        if len(self.names) != len(derived):
+            raise ValueError(f"Target {self.name!r}: {len(self.names)} `names` but `constrain` gives "
+                             f"{len(derived)} flattened quantities ({', '.join(derived[:6])}"
+                             f"{', ...' if len(derived) > 6 else ''})")
+        return self.names
 
 
 def flat_names(name: str, shape: tuple[int, ...]) -> list[str]:

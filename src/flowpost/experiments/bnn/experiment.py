@@ -5,13 +5,13 @@ These are the library calls behind ``flowpost bnn uci`` and ``flowpost bnn class
 
 from __future__ import annotations
 
-import json
 import time
 
 import jax
 import numpy as np
 
 from ..._checks import out_folder
+from ..._io import write_json
 from . import predict, uci
 from .model import mlp, model
 from .train import fit_many
@@ -86,7 +86,7 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     out_dict["rmse_mean"], out_dict["rmse_se"] = _mean_se([r["rmse"] for r in rows])
     out_dict["test_ll_mean"], out_dict["test_ll_se"] = _mean_se([r["test_ll"] for r in rows])
     if out is not None:
-        (out / "results.json").write_text(json.dumps(out_dict, indent=2))
+        write_json(out / "results.json", out_dict)
         _save_posteriors(out, chosen, results)
         pr, y = first
         predict.regression_plot(pr["mean"], pr["sd"], y, out / "predictive.png",
@@ -121,7 +121,7 @@ def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: 
     for k in ("accuracy", "test_ll", "ece"):
         out_dict[f"{k}_mean"], out_dict[f"{k}_se"] = _mean_se([r[k] for r in rows])
     if out is not None:
-        (out / "results.json").write_text(json.dumps(out_dict, indent=2))
+        write_json(out / "results.json", out_dict)
         _save_posteriors(out, chosen, results)
         predict.reliability_plot(np.concatenate(all_p), np.concatenate(all_y), out / "reliability.png",
                                  title=f"{dataset} ({family})")

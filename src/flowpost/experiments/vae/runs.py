@@ -25,6 +25,7 @@ import equinox as eqx
 import jax
 
 from ..._checks import check_ints, check_positive, plain_numbers
+from ..._io import write_json
 from . import data as vdata
 from . import evaluate
 from .model import VAEConfig, make_vae
@@ -162,5 +163,5 @@ def evaluate_run(run, samples: int = 5000, key=None, limit: int | None = None, p
     result.update(flow=config.model.flow, arch=config.model.arch,
                   dataset="own data" if data is not None else config.dataset,
                   epoch=meta.get("epoch"), split="test")
-    (run / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(run / "eval.json", result)
     return result

@@ -13,7 +13,6 @@ checkpoint and the best model stay as they were.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import optax
 
 from ..._checks import out_folder
+from ..._io import write_json
 from ..._progress import ProgressBar
 from . import data as vdata
 from . import evaluate, likelihoods, objectives, plots, runs
@@ -221,7 +221,7 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
                     since_best += 1
                 if out is not None:
                     runs.write(ckpt, record(epoch + 1), state)
-                    (out / "history.json").write_text(json.dumps(record(epoch + 1)["history"], indent=1) + "\n")
+                    write_json(out / "history.json", record(epoch + 1)["history"], indent=1)
                 bar.update(epoch + 1, loss=f"{loss:.2f}", valid=f"{valid:.2f}")
                 if since_best >= config.patience:
                     status = "early_stop"
@@ -242,9 +242,8 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         summary = {"config": config.to_dict(), "message": message, "epochs_done": epochs_done,
                    "best_epoch": best_epoch, "best_valid_neg_elbo": best_valid,
                    "seconds_per_epoch": result.seconds_per_epoch, "compile_seconds": compile_seconds}
-        # strict JSON: no NaN / inf (compile time is unknown after one epoch; no best yet)
-        summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # strict JSON: NaN / inf become null (compile time is unknown after one epoch; no best yet)
+        write_json(out / "summary.json", summary)
         if plots_at_end and best_epoch is not None:
             title = f"{config.model.flow} VAE, epoch {best_epoch}"
             plots.samples(best_model, k_plot, d.image_shape, out / "samples.png", title=f"samples: {title}")
