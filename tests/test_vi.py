@@ -318,6 +318,14 @@ def test_save_load_roundtrip_and_arviz(gauss, tmp_path):
     r3.save(tmp_path / "custom")
     assert r3.start is None and not (tmp_path / "custom" / "start.npz").exists()
     assert fp.load(tmp_path / "custom", target=banana, like=flow).start is None
+    # a `like` with the same arrays but other settings (a spline's bound) is refused: it would
+    # load without complaint and give another density (up to 8 nats off, found by a sweep)
+    spline = fp.flows.spline(jax.random.key(0), 2, layers=2, hidden=(8,))
+    fp.fit(banana, family=spline, steps=20, key=jax.random.key(0), progress=False).save(tmp_path / "spl")
+    with pytest.raises(ValueError, match=r"other settings.*bound=5.0.*bound=3.0"):
+        fp.load(tmp_path / "spl", target=banana, like=fp.flows.spline(jax.random.key(0), 2, layers=2, hidden=(8,),
+                                                                         bound=3.0))
+    assert fp.load(tmp_path / "spl", target=banana, like=spline).steps == 20
     with pytest.raises(ValueError, match="a user's target.*pass `target=`"):
         fp.load(tmp_path / "user")
     np.testing.assert_allclose(fp.load(tmp_path / "user", target=banana).sample(jax.random.key(1), 5)["theta"],

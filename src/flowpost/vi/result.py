@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import warnings
 from typing import Any
 
@@ -224,7 +225,8 @@ def save_flow(path, q, trace, meta: dict) -> pathlib.Path:
     tmp = path / "q.eqx.tmp"
     eqx.tree_serialise_leaves(tmp, q)
     os.replace(tmp, path / "q.eqx")
-    (path / "meta.json").write_text(json.dumps({"format": 3, **meta, "structure": _structure(q)}, indent=2))
+    (path / "meta.json").write_text(json.dumps({"format": 4, **meta, "structure": _structure(q),
+                                                "static": _static(q)}, indent=2))
     np.savez(path / "trace.npz", **trace._asdict())
     return path
 
@@ -250,7 +252,15 @@ def read_flow(path, meta: dict, like, who: str):
         want = [entry for entry in want if entry[0] != "base"]
     if fmt >= 2 and want != meta["structure"]:
         raise ValueError(f"{who}: the saved parameters do not match the structure of the family "
-                         f"{meta['family']!r} (saved by another version or with other options); pass `like=`")
+                         f"{meta['family']!r} (saved by another version or with other options); pass `like=`, "
+                         "a flow built with the same constructor and options")
+    if fmt >= 4 and _static(like) != meta["static"]:  # e.g. a spline's bound, an activation
+        saved, given = meta["static"].splitlines(), _static(like).splitlines()
+        i = next((i for i, (a, b) in enumerate(zip(saved, given)) if a != b), min(len(saved), len(given)))
+        line = lambda lines: lines[i].strip() if i < len(lines) else "(end)"  # noqa: E731
+        raise ValueError(f"{who}: the flow to load into has other settings than the saved one: saved "
+                         f"{line(saved)!r}, given {line(given)!r} (line {i + 1} of the printed flow); build "
+                         "`like=` with the constructor options the result was fitted with")
     q = eqx.tree_deserialise_leaves(path / "q.eqx", like)
     tr = np.load(path / "trace.npz")
     # results saved before the trace had ``update_norm`` load with it NaN
@@ -274,6 +284,13 @@ def _structure(q) -> list:
     leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(q, eqx.is_array))[0]
     out = [[jax.tree_util.keystr(path), list(a.shape), str(a.dtype)] for path, a in leaves]
     return out + ([["base", repr(q.base)]] if hasattr(q, "base") else [])
+
+
+def _static(q) -> str:
+    """The printed flow with arrays as dtype[shape] and memory addresses removed: its
+    non-array settings (a spline's bound, an activation, a base's df), the same in every
+    process, so that loading into a flow built with other settings is an error."""
+    return re.sub(r" at 0x[0-9a-f]+", "", eqx.tree_pformat(q, short_arrays=True))
 
 
 @eqx.filter_jit
