@@ -399,6 +399,10 @@ def test_api_edge_cases():
                key=jax.random.key(0), progress=False)
     assert r.steps == 60 and r.sample(jax.random.key(1), np.int64(7))["alpha"].shape == (7,)
     assert np.isfinite(r.diagnostics(n=np.int64(50))["khat"])
+    assert r.q.sample(jax.random.key(1), (jnp.int32(2), np.int64(3))).shape == (2, 3, 2)
+    for objective, options in (("renyi", {"alpha": jnp.float32(0.5)}), ("iwelbo", {"k": np.int64(4)})):
+        assert fp.fit(gauss, family="fullrank", objective=objective, objective_options=options, steps=5,
+                      key=jax.random.key(0), progress=False).steps == 5
     # `names` without `constrain` name the coordinates everywhere
     assert list(r.summary(n=100)) == ["alpha", "beta"]
     assert list(r.to_arviz(n=50).posterior.data_vars) == ["alpha", "beta"]

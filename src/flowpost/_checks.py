@@ -16,12 +16,12 @@ def check_ints(who: str = "", least: int = 1, **values) -> None:
 
     ``who`` prefixes the message (e.g. ``"fit"`` -> ``"fit: `steps` must be ..."``)."""
     for name, v in values.items():
-        if _as_int(v) is None or v < least:
+        if as_int(v) is None or v < least:
             what = "a positive integer" if least == 1 else f"an integer >= {least}"
             raise ValueError(f"{who + ': ' if who else ''}`{name}` must be {what}, got {v!r}")
 
 
-def _as_int(v) -> int | None:
+def as_int(v) -> int | None:
     """``v`` as a Python int if it is an integer scalar (Python, NumPy or a concrete JAX
     one), else None (bools are not counts)."""
     if isinstance(v, (bool, np.bool_)) or np.ndim(v) != 0:
@@ -38,7 +38,7 @@ def as_ints(who: str = "", least: int = 1, **values) -> tuple[int, ...]:
     """:func:`check_ints`, then the values as Python ints (NumPy and JAX integer scalars
     would otherwise reach ``lax.scan`` lengths and sample shapes, which need Python ints)."""
     check_ints(who, least, **values)
-    return tuple(_as_int(v) for v in values.values())
+    return tuple(as_int(v) for v in values.values())
 
 
 def check_positive(who: str = "", **values) -> None:

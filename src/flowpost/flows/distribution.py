@@ -14,8 +14,8 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from .._checks import as_int
 from .bijection import Bijection, as_float
 
 Array = jax.Array
@@ -79,15 +79,12 @@ class StudentT(eqx.Module):
 def _shape(n) -> tuple[int, ...]:
     if n is None:
         return ()
-    if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
-        if n < 0:
-            raise ValueError(f"sample size must be non-negative, got {n}")
-        return (int(n),)
-    if isinstance(n, tuple) and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in n):
-        if any(i < 0 for i in n):
-            raise ValueError(f"sample size must be non-negative, got {n}")
-        return tuple(int(i) for i in n)
-    raise TypeError(f"sample size must be an int or a tuple of ints, got {n!r}")
+    dims = [as_int(i) for i in (n if isinstance(n, tuple) else (n,))]
+    if None in dims:
+        raise TypeError(f"sample size must be an int or a tuple of ints, got {n!r}")
+    if any(i < 0 for i in dims):
+        raise ValueError(f"sample size must be non-negative, got {n}")
+    return tuple(dims)
 
 
 class Flow(eqx.Module):

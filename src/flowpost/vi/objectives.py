@@ -27,8 +27,9 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from .._checks import check_ints
+from .._checks import as_ints
 from ..flows import Invert, MaskedAutoregressive, Sylvester
 
 OBJECTIVES = ("elbo", "iwelbo", "renyi", "fkl")
@@ -104,14 +105,21 @@ def fkl(q, log_p, key, n):
 
 # the options of the named objectives: check and what it must be
 def _check_option(name, value):
+    """The option's value as a plain Python number (NumPy / JAX scalars accepted), or a
+    clear ValueError."""
     if name == "k":
-        check_ints("fit: objective option", k=value)
-    elif name == "alpha" and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                                  and math.isfinite(value) and value >= 0):
-        raise ValueError(f"fit: objective option `alpha` must be a finite number >= 0 (alpha < 0 gives an upper "
-                         f"bound on log p, not a variational bound), got {value!r}")
-    elif name == "stl" and not isinstance(value, bool):
+        return as_ints("fit: objective option", k=value)[0]
+    if name == "alpha":
+        real = not isinstance(value, (bool, np.bool_)) and np.ndim(value) == 0 and (
+            isinstance(value, numbers.Real) or np.issubdtype(getattr(value, "dtype", object), np.floating)
+            or np.issubdtype(getattr(value, "dtype", object), np.integer))
+        if not (real and math.isfinite(float(value)) and float(value) >= 0):
+            raise ValueError(f"fit: objective option `alpha` must be a finite number >= 0 (alpha < 0 gives an "
+                             f"upper bound on log p, not a variational bound), got {value!r}")
+        return float(value)
+    if name == "stl" and not isinstance(value, bool):
         raise ValueError(f"fit: objective option `stl` must be True or False, got {value!r}")
+    return value
 
 
 def get(objective, **options):
@@ -124,8 +132,8 @@ def get(objective, **options):
         raise ValueError(f"fit: `objective` must be one of {OBJECTIVES} or a callable, got {objective!r}")
     fn = table[objective]
     allowed = list(inspect.signature(fn).parameters)[4:]
-    for name, value in options.items():
+    for name in options:
         if name not in allowed:
             raise ValueError(f"fit: objective {objective!r} takes the options {allowed or 'none'}, got {name!r}")
-        _check_option(name, value)
+    options = {name: _check_option(name, value) for name, value in options.items()}
     return functools.partial(fn, **options) if options else fn
