@@ -453,6 +453,17 @@ def test_cli_fit_writes_results(tmp_path):
     assert res.exit_code == 0, res.output
     s2 = json.loads((tmp_path / "c2" / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert s2["diagnostics"]["elbo_slope"] is None
+    # data that are missing and cannot be fetched: a red message and exit 2, not a traceback
+    import flowpost.data
+
+    def offline(url, dest):
+        raise OSError("Name or service not known")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(flowpost.data, "_download", offline)
+        mp.setenv("FLOWPOST_DATA", str(tmp_path / "empty"))
+        res = CliRunner().invoke(app, ["fit", "eight_schools", "--steps", "10"])
+    assert res.exit_code == 2 and "could not download" in res.output and "Traceback" not in res.output, res.output
     bad = CliRunner().invoke(app, ["fit", "no_such_target"])
     assert bad.exit_code == 2 and "unknown target" in bad.output
     # an unusable --out or --draws is refused before any training

@@ -11,6 +11,11 @@ import pathlib
 import numpy as np
 
 
+# what a command-line action reports as a red message and exit code 2, not a traceback:
+# bad arguments and data or files that are missing or cannot be read or fetched
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
 def check_ints(who: str = "", least: int = 1, **values) -> None:
     """Raise ``ValueError`` unless every keyword value is an integer (not a bool) >= ``least``.
 

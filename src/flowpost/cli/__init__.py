@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .._checks import out_folder
+from .._checks import USER_ERRORS, out_folder
 from .._io import write_json
 from .bnn import app as bnn_app
 from .vae import app as vae_app
@@ -73,7 +73,7 @@ def fit(
         out_folder("fit", out)  # before training: a fit must not be lost to an unusable --out
         result = fp.fit(t, family=family, objective=objective, steps=steps, num_samples=num_samples,
                         learning_rate=learning_rate, key=jax.random.key(seed))
-    except (ValueError, TypeError) as e:
+    except USER_ERRORS as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     key = jax.random.key(seed + 1)

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .._checks import USER_ERRORS
+
 app = typer.Typer(help="Bayesian neural networks with flow posteriors over the weights.", no_args_is_help=True,
                   add_completion=False)
 console = Console()
@@ -40,7 +42,7 @@ def _run(fn, title, metrics, files, **kwargs):
     """One library call; its errors become a red message and exit code 2; then the table."""
     try:
         res = fn(**kwargs)
-    except (ValueError, TypeError) as e:
+    except USER_ERRORS as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     _table(f"{title}, {res['seconds']:.1f} s", res, metrics)

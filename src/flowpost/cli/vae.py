@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .._checks import USER_ERRORS
+
 app = typer.Typer(help="VAEs whose encoder posterior is a normalizing flow (MNIST, Frey faces).",
                   no_args_is_help=True, add_completion=False)
 console = Console()
@@ -49,7 +51,7 @@ def train(
                                  batch_size=batch_size, learning_rate=learning_rate, warmup=warmup,
                                  patience=patience, seed=seed, limit=limit)
         result = vae.train(config, out=out)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     table = Table(title=f"{flow} VAE on {dataset} ({arch}, {objective})")
@@ -84,7 +86,7 @@ def eval_(
 
     try:
         r = vae.evaluate_run(run, samples=samples, key=jax.random.key(seed), limit=limit, progress=True)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     table = Table(title=f"{r['flow']} VAE, {r['dataset']} test set ({r['n_images']} images)")
