@@ -459,6 +459,10 @@ def test_cli_fit_writes_results(tmp_path):
     def offline(url, dest):
         raise OSError("Name or service not known")
 
+    from flowpost.vi.targets import posteriordb
+
+    posteriordb.load_data.cache_clear()  # an earlier test may have read it in this process
+    posteriordb._reference.cache_clear()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(flowpost.data, "_download", offline)
         mp.setenv("FLOWPOST_DATA", str(tmp_path / "empty"))
