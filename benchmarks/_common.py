@@ -10,7 +10,6 @@ both sides alike.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
+
+from flowpost import _io
 
 
 def block(tree):
@@ -78,5 +79,6 @@ def machine_info() -> dict:
 
 
 def write_json(path: Path, payload: dict) -> None:
+    """``payload`` as strict JSON (NaN / inf as null), the library's own writer."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    _io.write_json(path, payload)

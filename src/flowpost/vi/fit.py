@@ -161,8 +161,7 @@ def _check_target(target, key):
         raise ValueError(f"fit: target.constrain must return a flat dict of arrays (name -> array); "
                          f"{nested} hold {type(quantities[nested[0]]).__name__}s. Flatten them, e.g. "
                          "{'a.b': ...}.")
-    if target.names is not None:
-        target.flat_names()  # the count of `names` against constrain's output, a clear ValueError
+    target._flat_names(quantities)  # the count of `names` against constrain's output, a clear ValueError
     # an array of the input's dtype: a float32 log_prob under x64 is cast, and a Python
     # float (e.g. a constant density) becomes an array that optax's L-BFGS can use
     log_prob = lambda v: jnp.asarray(target.log_prob(v)).astype(v.dtype)  # noqa: E731

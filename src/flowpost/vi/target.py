@@ -82,7 +82,11 @@ class Target:
 
     def flat_names(self) -> tuple[str, ...]:
         """Names of the flattened model-space quantities, Stan style (``theta[1]``)."""
-        shapes = jax.eval_shape(self.to_model, jax.ShapeDtypeStruct((self.dim,), jnp.float32))
+        return self._flat_names(jax.eval_shape(self.to_model, jax.ShapeDtypeStruct((self.dim,), jnp.float32)))
+
+    def _flat_names(self, shapes) -> tuple[str, ...]:
+        """:meth:`flat_names` from ``to_model``'s output shapes (name -> ``.shape``), for a
+        caller that has traced ``to_model`` already."""
         derived = tuple(n for k, s in shapes.items() for n in flat_names(k, s.shape))
         if self.names is None:
             return derived
