@@ -20,7 +20,9 @@ Usage:
     python benchmarks/uci.py                       # CPU budget: 6000 full-batch steps / 400 epochs
     python benchmarks/uci.py --epochs 400          # the protocol's epochs (GPU)
     python benchmarks/uci.py --datasets yacht,energy --families meanfield,subspace
-Writes benchmarks/results/uci.json.
+    python benchmarks/uci.py --families subspacex5 --out benchmarks/results/uci_ensemble.json
+Writes benchmarks/results/uci.json (or --out). ``FAMILYxK``: an ensemble of K posteriors of
+FAMILY per split (``fp.bnn.run_uci(members=K)``), predicting as their equal-weight mixture.
 """
 
 from __future__ import annotations
@@ -78,10 +80,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="yacht,bostonHousing,energy,concrete,wine-quality-red,kin8nm,power-plant,naval-propulsion-plant,"
                     "protein-tertiary-structure")
-    ap.add_argument("--families", default="meanfield,subspace")
+    ap.add_argument("--families", default="meanfield,subspace",
+                    help="comma list; FAMILYxK = an ensemble of K posteriors of FAMILY per split (e.g. subspacex5)")
     ap.add_argument("--steps", type=int, default=6000, help="full-batch steps per split for the small sets")
     ap.add_argument("--large-epochs", type=int, default=400, help="epochs (batch 256) for the sets of over 2000 rows")
     ap.add_argument("--epochs", type=int, default=None, help="epochs for every set (batch 32)")
+    ap.add_argument("--likelihood", default="gaussian", choices=["gaussian", "heteroscedastic"],
+                    help="gaussian: learned homoscedastic noise (the protocol); heteroscedastic: a second output "
+                         "predicts each example's noise")
     ap.add_argument("--splits", type=int, default=None, help="first N splits (default all)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "uci.json"))
     args = ap.parse_args()
@@ -94,7 +100,9 @@ def main():
         splits = None if args.splits is None else min(args.splits, uci.n_splits(name))
         rows[name] = {}
         for fam in fams:
-            res = fp.bnn.run_uci(name, fam, splits=splits, epochs=epochs, batch_size=batch, num_samples=draws)
+            family, members = _ensemble(fam)
+            res = fp.bnn.run_uci(name, family, splits=splits, epochs=epochs, batch_size=batch, num_samples=draws,
+                                 members=members, likelihood=args.likelihood)
             rows[name][fam] = {k: res[k] for k in ("rmse_mean", "rmse_se", "test_ll_mean", "test_ll_se", "seconds",
                                                    "epochs", "batch_size", "num_samples", "splits")}
             console.print(f"{name} {fam}: RMSE {res['rmse_mean']:.3f} ± {res['rmse_se']:.3f}  "
@@ -106,6 +114,12 @@ def main():
     _print(console, rows, fams, payload)
 
 
+def _ensemble(fam: str) -> tuple[str, int]:
+    """``"subspacex5"`` -> ``("subspace", 5)``; a plain family name -> ``(name, 1)``."""
+    family, sep, k = fam.rpartition("x")
+    return (family, int(k)) if sep and k.isdigit() else (fam, 1)
+
+
 def _payload(rows, fams, args, seconds):
     wins = {}
     for fam in fams:
@@ -113,7 +127,7 @@ def _payload(rows, fams, args, seconds):
         wins[fam] = {"beats_dropout_ll": sum(rows[n][fam]["test_ll_mean"] > DROPOUT_2018[n][2] for n in done),
                      "beats_pbp_ll": sum(rows[n][fam]["test_ll_mean"] > PBP[n][2] for n in done),
                      "datasets": len(done)}
-    return {"machine": machine_info(), "steps_per_split": args.steps, "large_epochs": args.large_epochs, "epochs": args.epochs, "seconds": seconds,
+    return {"machine": machine_info(), "likelihood": args.likelihood, "steps_per_split": args.steps, "large_epochs": args.large_epochs, "epochs": args.epochs, "seconds": seconds,
             "results": rows, "wins": wins,
             "published": {"pbp": PBP, "mc_dropout_2018": DROPOUT_2018}}
 

@@ -73,6 +73,36 @@ def test_predictive_sd_grows_away_from_the_data():
     assert fit_pred["rmse"] < 0.3
 
 
+def test_heteroscedastic_likelihood_learns_where_the_noise_is():
+    from scipy import stats
+
+    lik = fp.bnn.HeteroscedasticGaussian()
+    out = jnp.array([[0.5, -1.0], [2.0, 3.0]])
+    y = jnp.array([0.0, 1.0])
+    sd = np.log1p(np.exp(np.array([-1.0, 3.0]))) + 1e-3
+    np.testing.assert_allclose(lik.log_prob(out, y, None), stats.norm.logpdf([0.0, 1.0], [0.5, 2.0], sd), rtol=1e-5)
+    # noise sd 0.05 for x < 0 and 0.5 for x > 0; the mean is x
+    rs = np.random.RandomState(0)
+    x = rs.uniform(-1, 1, size=(200, 1)).astype(np.float32)
+    y = (x[:, 0] + np.where(x[:, 0] < 0, 0.05, 0.5) * rs.normal(size=200)).astype(np.float32)
+    net = fp.bnn.mlp(jax.random.key(0), 1, 2, hidden=(16,))
+    model = fp.bnn.model(net, "heteroscedastic")
+    assert model.dim == model.n_weights  # no noise coordinate: the network predicts it
+    res = fp.bnn.fit(model, x, y, "meanfield", epochs=1500, batch_size=200, learning_rate=1e-2,
+                     key=jax.random.key(1), progress=False)
+    thetas = res.sample(jax.random.key(2), 200)
+    grid = np.array([[-0.6], [0.6]], np.float32)
+    pred = predict.regression(model, thetas, grid)
+    assert 0.03 < pred["sd"][0] < 0.1 and 0.35 < pred["sd"][1] < 0.7, pred["sd"]
+    # the predictive is the mixture over draws: mean and total variance by hand
+    o = np.asarray(model.outputs(thetas, grid), np.float64)
+    var = (np.log1p(np.exp(o[..., 1])) + 1e-3) ** 2
+    np.testing.assert_allclose(pred["mean"], o[..., 0].mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pred["var"], var.mean(0) + o[..., 0].var(0), rtol=1e-3)
+    with pytest.raises(ValueError, match="two outputs per example"):
+        fp.bnn.model(fp.bnn.mlp(jax.random.key(0), 1, 1, hidden=(4,)), "heteroscedastic").check_data(x, y)
+
+
 def test_minibatch_elbo_is_unbiased():
     x, y = _linear_data(n=48)
     net = fp.bnn.mlp(jax.random.key(0), 3, 1, hidden=(8,))
@@ -121,6 +151,39 @@ def test_fit_many_trains_each_data_set():
     m0 = np.asarray(model.outputs(res[0].sample(jax.random.key(1), 50), x)).mean(0)[:, 0]
     m1 = np.asarray(model.outputs(res[1].sample(jax.random.key(1), 50), x)).mean(0)[:, 0]
     assert np.corrcoef(m0, y)[0, 1] > 0.85 and np.corrcoef(m1, -y)[0, 1] > 0.85
+
+
+def test_ensemble_members_are_distinct_fits_and_predict_as_their_mixture(tmp_path):
+    x, y = _linear_data(n=32)
+    model = fp.bnn.model(fp.bnn.mlp(jax.random.key(0), 3, 1, hidden=(8,)))
+    kw = dict(epochs=30, batch_size=32, learning_rate=1e-2, key=jax.random.key(0), progress=False)
+    single = fp.bnn.fit(model, x, y, "meanfield", **kw)
+    ens = fp.bnn.fit(model, x, y, "meanfield", members=3, **kw)
+    assert isinstance(ens.q, fp.flows.Mixture) and ens.members == 3 and single.members == 1
+    # member 1 is exactly the single fit; the others start from permuted initial weights
+    first = ens.q.components[0]
+    np.testing.assert_array_equal(first.sample(jax.random.key(1), 4), single.sample(jax.random.key(1), 4))
+    starts = [model.init_weights] + [model.reinitialised(jax.random.split(jax.random.fold_in(jax.random.key(0), m))[0])
+                                     .init_weights for m in (1, 2)]
+    for layer in range(model.n_layers):  # a permutation within every parameter array
+        seg = model.segments == layer
+        np.testing.assert_array_equal(np.sort(starts[1][seg]), np.sort(starts[0][seg]))
+    assert not np.allclose(starts[1], starts[0]) and not np.allclose(starts[2], starts[1])
+    locs = [np.asarray(c.bijection.loc) for c in ens.q.components]
+    assert min(np.abs(locs[i] - locs[j]).max() for i in range(3) for j in range(i)) > 0.1
+    # the ensemble's trace is the members' mean; its density is the mixture's
+    assert ens.trace.elbo.shape == (30,) and ens.epochs == 30 and ens.message == "completed"
+    th = ens.sample(jax.random.key(2), 6)
+    lq = jax.nn.logsumexp(jnp.stack([c.log_prob(th) for c in ens.q.components]), 0) - np.log(3)
+    np.testing.assert_allclose(ens.q.log_prob(th), lq, rtol=1e-5)
+    d = ens.fit_result(x, y).diagnostics(jax.random.key(3), 200)
+    assert np.isfinite(d["elbo"]) and np.isfinite(d["khat"])
+    ens.save(tmp_path / "ens")
+    back = fp.bnn.load(tmp_path / "ens", model)
+    assert back.members == 3
+    np.testing.assert_array_equal(back.sample(jax.random.key(4), 5), ens.sample(jax.random.key(4), 5))
+    with pytest.raises(ValueError, match="`members` must be a positive integer"):
+        fp.bnn.fit(model, x, y, "meanfield", members=0, **kw)
 
 
 def test_save_and_load_a_weight_posterior(tmp_path):
@@ -311,6 +374,15 @@ def test_cli_smoke(tmp_path):
     net = fp.bnn.mlp(jax.random.key(5), 6, 1, hidden=(50,))  # any key: only the structure is used
     post = fp.bnn.load(tmp_path / "u" / "posteriors" / "split_4", fp.bnn.model(net, "gaussian"))
     assert post.family == "meanfield" and post.epochs == 2 and post.sample(jax.random.key(0), 3).shape == (3, 402)
+    r = CliRunner().invoke(app, ["bnn", "uci", "--dataset", "yacht", "--splits", "1", "--epochs", "2", "--family",
+                                 "meanfield", "--members", "2", "--likelihood", "heteroscedastic", "--out",
+                                 str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert res["members"] == 2 and res["likelihood"] == "heteroscedastic" and np.isfinite(res["test_ll_mean"])
+    net2 = fp.bnn.mlp(jax.random.key(5), 6, 2, hidden=(50,))
+    post = fp.bnn.load(tmp_path / "e" / "posteriors" / "split_0", fp.bnn.model(net2, "heteroscedastic"))
+    assert post.members == 2 and post.sample(jax.random.key(0), 3).shape == (3, 452)
     r = CliRunner().invoke(app, ["bnn", "classify", "--dataset", "sonar", "--splits", "1", "--epochs", "2",
                                  "--family", "meanfield", "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output

@@ -183,6 +183,39 @@ def test_sample_and_log_prob_agrees_with_log_prob(x64, make):
     np.testing.assert_allclose(flow.sample(jax.random.key(2), 3, context=ctx), x)
 
 
+def test_mixture_density_sampling_and_checks(x64):
+    # two affine flows N(-3, 0.5^2) and N(2, 1), weights 1:3, as a mixture
+    a = F.Flow(F.AffineElementwise(jnp.array([-3.0]), 0.5, dim=1))
+    b = F.Flow(F.AffineElementwise(jnp.array([2.0]), 1.0, dim=1))
+    mix = F.Mixture([a, b], weights=[1.0, 3.0])
+    g = jnp.linspace(-10, 10, 2001)[:, None]
+    ref = np.log(0.25 * np.exp(-0.5 * ((g[:, 0] + 3) / 0.5) ** 2) / (0.5 * np.sqrt(2 * np.pi))
+                 + 0.75 * np.exp(-0.5 * (g[:, 0] - 2) ** 2) / np.sqrt(2 * np.pi))
+    np.testing.assert_allclose(mix.log_prob(g), ref, rtol=1e-9, atol=1e-9)
+    assert abs(float(jnp.sum(jnp.exp(mix.log_prob(g))) * (g[1, 0] - g[0, 0])) - 1.0) < 1e-6
+    x, lp = eqx.filter_jit(lambda m, k: m.sample_and_log_prob(k, 20000))(mix, jax.random.key(0))
+    assert x.shape == (20000, 1) and lp.shape == (20000,)
+    np.testing.assert_allclose(mix.log_prob(x), lp, rtol=1e-12)
+    left = float(jnp.mean(x[:, 0] < -0.5))  # P(component a), which lies left of -0.5 but for 1e-6
+    assert abs(left - 0.25) < 0.015, left
+    assert abs(float(jnp.mean(x[:, 0])) - (0.25 * -3 + 0.75 * 2)) < 0.05
+    np.testing.assert_allclose(mix.sample(jax.random.key(0), 20000), x)
+    # conditional components: draws follow the context batch
+    c = [F.realnvp(jax.random.key(i), DIM, layers=2, hidden=(8,), cond_dim=CTX) for i in range(3)]
+    cmix = F.Mixture(c)
+    ctx = jax.random.normal(jax.random.key(5), (4, CTX))
+    xc, lpc = cmix.sample_and_log_prob(jax.random.key(1), 3, context=ctx)
+    assert xc.shape == (3, 4, DIM) and lpc.shape == (3, 4) and cmix.dim == DIM and cmix.cond_dim == CTX
+    np.testing.assert_allclose(lpc, jax.nn.logsumexp(jnp.stack([f.log_prob(xc, ctx) for f in c]), 0) - np.log(3),
+                               rtol=1e-10)
+    with pytest.raises(ValueError, match="share dim and cond_dim"):
+        F.Mixture([a, F.Flow(F.AffineElementwise(jnp.zeros(2), 1.0, dim=2))])
+    with pytest.raises(ValueError, match="2 positive finite numbers"):
+        F.Mixture([a, b], weights=[1.0, 0.0])
+    with pytest.raises(ValueError, match="at least one"):
+        F.Mixture([])
+
+
 def test_sylvester_constructors_sample_with_exact_density(x64):
     for kind in ("orthogonal", "householder", "triangular"):
         flow = randomise(F.sylvester(jax.random.key(0), DIM, layers=2, kind=kind), jax.random.key(1))

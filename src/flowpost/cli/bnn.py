@@ -38,6 +38,10 @@ def _table(title, res, metrics):
     console.print(table)
 
 
+def _label(family, members):
+    return family if members == 1 else f"ensemble of {members} {family}"
+
+
 def _run(fn, title, metrics, files, **kwargs):
     """One library call; its errors become a red message and exit code 2; then the table."""
     try:
@@ -60,15 +64,19 @@ def uci(
     batch_size: int = typer.Option(32, help="examples per step"),
     num_samples: int = typer.Option(4, help="weight draws per step"),
     learning_rate: float = typer.Option(3e-3, help="peak Adam learning rate"),
+    members: int = typer.Option(1, help="ensemble size: posteriors fitted per split, predicting as their mixture"),
+    likelihood: str = typer.Option("gaussian", help="gaussian (learned noise) | heteroscedastic (the network "
+                                                    "predicts each example's noise)"),
     seed: int = typer.Option(0, help="PRNG seed"),
     out: Optional[pathlib.Path] = typer.Option(None, help="folder for results.json and predictive.png"),
 ):
     """The UCI regression benchmark: test RMSE and log-likelihood over the standard splits."""
     from ..experiments import bnn
 
-    _run(bnn.run_uci, f"{dataset}: {family}, {epochs} epochs", ("rmse", "test_ll"), "predictive.png",
+    _run(bnn.run_uci, f"{dataset}: {_label(family, members)}, {epochs} epochs", ("rmse", "test_ll"), "predictive.png",
          dataset=dataset, family=family, splits=_splits(splits), epochs=epochs, batch_size=batch_size,
-         num_samples=num_samples, learning_rate=learning_rate, seed=seed, out=out)
+         num_samples=num_samples, learning_rate=learning_rate, seed=seed, members=members,
+         likelihood=likelihood, out=out)
 
 
 @app.command()
@@ -79,12 +87,13 @@ def classify(
     epochs: int = typer.Option(200, help="passes over the training data"),
     batch_size: int = typer.Option(32, help="examples per step"),
     learning_rate: float = typer.Option(3e-3, help="peak Adam learning rate"),
+    members: int = typer.Option(1, help="ensemble size: posteriors fitted per split, predicting as their mixture"),
     seed: int = typer.Option(0, help="PRNG seed"),
     out: Optional[pathlib.Path] = typer.Option(None, help="folder for results.json and reliability.png"),
 ):
     """Binary classification (one hidden layer of 50): test accuracy, log-likelihood, ECE."""
     from ..experiments import bnn
 
-    _run(bnn.run_classification, f"{dataset}: {family}, {epochs} epochs", ("accuracy", "test_ll", "ece"),
-         "reliability.png", dataset=dataset, family=family, splits=_splits(splits), epochs=epochs,
-         batch_size=batch_size, learning_rate=learning_rate, seed=seed, out=out)
+    _run(bnn.run_classification, f"{dataset}: {_label(family, members)}, {epochs} epochs",
+         ("accuracy", "test_ll", "ece"), "reliability.png", dataset=dataset, family=family, splits=_splits(splits),
+         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, members=members, out=out)

@@ -7,7 +7,7 @@ from .autoregressive import MaskedAutoregressive
 from .bijection import Bijection, Chain, Frozen, Invert, NoInverseError, Scan
 from .constructors import iaf, maf, planar, radial, realnvp, spline, sylvester
 from .coupling import Coupling, affine_coupling, spline_coupling
-from .distribution import Flow, StandardNormal, StudentT
+from .distribution import Flow, Mixture, StandardNormal, StudentT
 from .elementwise import AffineElementwise, Exp, Sigmoid, Softplus, Tanh
 from .linear import ActNorm, LULinear, Permute, RandomPermute, Reverse, TriangularAffine
 from .nn import MADE, MLP, Linear
@@ -22,6 +22,6 @@ __all__ = [
     "ActNorm", "LULinear", "Permute", "RandomPermute", "Reverse", "TriangularAffine",
     "AffineElementwise", "Exp", "Sigmoid", "Softplus", "Tanh",
     "Affine", "RationalQuadraticSpline", "MADE", "MLP", "Linear",
-    "Flow", "StandardNormal", "StudentT",
+    "Flow", "Mixture", "StandardNormal", "StudentT",
     "realnvp", "spline", "maf", "iaf", "planar", "radial", "sylvester", "fit_to_data",
 ]

@@ -187,3 +187,63 @@ def _map(fn, x, context, cond_dim):
     x = jnp.broadcast_to(x, (*batch, x.shape[-1])).reshape(-1, x.shape[-1])
     out = jax.vmap(fn, in_axes=(0, None if context is None else 0))(x, context)
     return jax.tree.map(lambda a: a.reshape(*batch, *a.shape[1:]), out)
+
+
+class Mixture(eqx.Module):
+    """A finite mixture of flows: ``q(x) = sum_k w_k q_k(x)``.
+
+    ``log q(x) = logsumexp_k (log w_k + log q_k(x))``; a draw picks component ``k`` with
+    probability ``w_k`` and draws from it. The components are any distributions with the
+    :class:`Flow` interface (``log_prob``, ``sample``, ``sample_and_log_prob``) of one
+    ``dim`` and ``cond_dim``. Such mixtures are the posterior of an ensemble of variational
+    fits, each fitted by its own ELBO and weighted equally (deep ensembles,
+    Lakshminarayanan et al. 2017; MultiSWAG, Wilson & Izmailov 2020): every component
+    covers one mode, the mixture several.
+
+    Sampling evaluates every component for every draw (``K`` times the cost of one) and
+    keeps the chosen one: exact, and shape-static under ``jit``.
+
+    Args:
+        components: a sequence of ``K >= 1`` flows.
+        weights: ``(K,)`` positive mixture weights (normalised here); default equal.
+    """
+
+    components: tuple
+    log_weights: Array
+    dim: int = eqx.field(static=True)
+    cond_dim: int | None = eqx.field(static=True)
+
+    def __init__(self, components, weights=None):
+        components = tuple(components)
+        if not components:
+            raise ValueError("Mixture: need at least one component")
+        dims = {(c.dim, c.cond_dim) for c in components}
+        if len(dims) != 1:
+            raise ValueError(f"Mixture: the components must share dim and cond_dim, got {sorted(dims, key=str)}")
+        k = len(components)
+        w = jnp.full((k,), 1.0 / k) if weights is None else jnp.asarray(weights, jnp.result_type(float))
+        if w.shape != (k,) or not bool(jnp.all(jnp.isfinite(w) & (w > 0))):
+            raise ValueError(f"Mixture: `weights` must be {k} positive finite numbers, got {weights!r}")
+        self.components, self.log_weights = components, jnp.log(w / jnp.sum(w))
+        (self.dim, self.cond_dim), = dims
+
+    def log_prob(self, x: Array, context: Array | None = None) -> Array:
+        """``x (*batch, dim) -> log q(x) (*batch,)``."""
+        lps = jnp.stack([c.log_prob(x, context) for c in self.components], -1)
+        return jax.nn.logsumexp(lps + self.log_weights, axis=-1)
+
+    def _choose(self, key, draws):
+        """From ``draws (K, *batch, dim)`` (one per component) keep component ``k ~ w`` per draw."""
+        k = jax.random.categorical(key, self.log_weights, shape=draws.shape[1:-1])
+        return jnp.take_along_axis(draws, k[None, ..., None], axis=0)[0]
+
+    def sample(self, key, n=None, context: Array | None = None) -> Array:
+        """Draws ``x (*n, *ctx_batch, dim)``."""
+        k_pick, *keys = jax.random.split(key, len(self.components) + 1)
+        return self._choose(k_pick, jnp.stack([c.sample(kc, n, context) for c, kc in zip(self.components, keys)]))
+
+    def sample_and_log_prob(self, key, n=None, context: Array | None = None) -> tuple[Array, Array]:
+        """Draws ``x (*n, *ctx_batch, dim)`` and their ``log q(x)`` (every component's density
+        at every draw: needs each component's ``log_prob``, i.e. its inverse)."""
+        x = self.sample(key, n, context)
+        return x, self.log_prob(x, context)

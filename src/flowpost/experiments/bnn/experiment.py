@@ -42,24 +42,26 @@ def _split_list(name, splits, total):
 
 
 def _fit(name, data, likelihood, n_out, hidden, family, epochs, batch_size, num_samples, learning_rate, seed,
-         family_options, progress, prior):
+         family_options, progress, prior, members):
     key = jax.random.key(seed)
     net = mlp(jax.random.fold_in(key, 1), data.x_train.shape[-1], n_out, (hidden,))
     m = model(net, likelihood, prior=prior)
     results = fit_many(m, data.x_train, data.y_train, family, epochs=epochs, batch_size=batch_size,
                        num_samples=num_samples, learning_rate=learning_rate, key=jax.random.fold_in(key, 2),
-                       family_options=family_options, progress=progress, label=name)
+                       family_options=family_options, progress=progress, label=name, members=members)
     return m, results
 
 
 def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 400, batch_size: int = 32,
             num_samples: int = 4, learning_rate: float = 3e-3, test_samples: int = 200, seed: int = 0,
             hidden: int | None = None, prior: float = 1.0, family_options: dict | None = None,
-            progress: bool = True, out=None) -> dict:
+            members: int = 1, likelihood: str = "gaussian", progress: bool = True, out=None) -> dict:
     """The UCI regression protocol on ``dataset`` (one of :data:`uci.REGRESSION`).
 
-    One hidden layer (50 units, 100 for protein), learned Gaussian noise, N(0, prior^2)
-    weights, all ``splits`` (default all) trained together. Returns a dict with
+    One hidden layer (50 units, 100 for protein), learned Gaussian noise (``likelihood=
+    "heteroscedastic"``: a second output predicts each example's noise), N(0, prior^2)
+    weights, all ``splits`` (default all) trained together; ``members > 1``: an ensemble of
+    that many posteriors per split (:func:`~.train.fit_many`). Returns a dict with
     ``dataset``, ``family``, ``rmse_mean``, ``rmse_se``, ``test_ll_mean``, ``test_ll_se``,
     ``splits`` (per split ``split``, ``rmse``, ``test_ll``, ``noise_sd``), ``epochs``,
     ``seconds``; with ``out`` also writes ``out/results.json``, ``out/predictive.png``
@@ -67,12 +69,15 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     in ``out/posteriors/split_<s>`` (read it with :func:`~.train.load`)."""
     if dataset not in uci.REGRESSION:
         raise ValueError(f"bnn.run_uci: `dataset` must be one of {uci.REGRESSION}, got {dataset!r}")
+    if likelihood not in ("gaussian", "heteroscedastic"):
+        raise ValueError(f"bnn.run_uci: `likelihood` must be 'gaussian' or 'heteroscedastic', got {likelihood!r}")
     chosen = _split_list(dataset, splits, uci.n_splits(dataset))
     out = out_folder("bnn", out)
     data = uci.load_splits(dataset, chosen)
     t0 = time.perf_counter()
-    m, results = _fit(dataset, data, "gaussian", 1, hidden or uci.hidden_units(dataset), family, epochs, batch_size,
-                      num_samples, learning_rate, seed, family_options, progress, prior)
+    n_out = 2 if likelihood == "heteroscedastic" else 1
+    m, results = _fit(dataset, data, likelihood, n_out, hidden or uci.hidden_units(dataset), family, epochs, batch_size,
+                      num_samples, learning_rate, seed, family_options, progress, prior, members)
     seconds = time.perf_counter() - t0
     rows, first = [], None
     for p, (s, r) in enumerate(zip(chosen, results)):
@@ -80,7 +85,8 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
         pr = predict.regression(m, thetas, data.x_test[p], data.y_test[p], data.y_mean[p], data.y_std[p])
         first = first or (pr, data.y_test[p])
         rows.append({"split": s, "rmse": pr["rmse"], "test_ll": pr["test_ll"], "message": r.message})
-    out_dict = {"dataset": dataset, "family": family, "epochs": epochs, "batch_size": batch_size,
+    out_dict = {"dataset": dataset, "family": family, "members": members, "likelihood": likelihood, "epochs": epochs,
+                "batch_size": batch_size,
                 "num_samples": num_samples, "learning_rate": learning_rate, "n_params": m.dim,
                 "seconds": seconds, "splits": rows}
     out_dict["rmse_mean"], out_dict["rmse_se"] = _mean_se([r["rmse"] for r in rows])
@@ -97,7 +103,7 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
 def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: int = 200, batch_size: int = 32,
                        num_samples: int = 4, learning_rate: float = 3e-3, test_samples: int = 200, seed: int = 0,
                        hidden: int = 50, prior: float = 1.0, family_options: dict | None = None,
-                       progress: bool = True, out=None) -> dict:
+                       members: int = 1, progress: bool = True, out=None) -> dict:
     """A one-hidden-layer Bernoulli BNN on a classification set (:data:`uci.CLASSIFICATION`),
     90/10 splits by the UCI rule. Returns ``accuracy_mean/_se``, ``test_ll_mean/_se``,
     ``ece_mean/_se`` and per-split rows; with ``out``: ``results.json``,
@@ -109,7 +115,7 @@ def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: 
     data = uci.load_splits(dataset, chosen)
     t0 = time.perf_counter()
     m, results = _fit(dataset, data, "bernoulli", 1, hidden, family, epochs, batch_size, num_samples, learning_rate,
-                      seed, family_options, progress, prior)
+                      seed, family_options, progress, prior, members)
     seconds = time.perf_counter() - t0
     rows, all_p, all_y = [], [], []
     for p, (s, r) in enumerate(zip(chosen, results)):
@@ -117,7 +123,8 @@ def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: 
         all_p.append(pr["probs"])
         all_y.append(data.y_test[p])
         rows.append({"split": s, **{k: pr[k] for k in ("accuracy", "test_ll", "ece")}, "message": r.message})
-    out_dict = {"dataset": dataset, "family": family, "epochs": epochs, "seconds": seconds, "splits": rows}
+    out_dict = {"dataset": dataset, "family": family, "members": members, "epochs": epochs, "seconds": seconds,
+                "splits": rows}
     for k in ("accuracy", "test_ll", "ece"):
         out_dict[f"{k}_mean"], out_dict[f"{k}_se"] = _mean_se([r[k] for r in rows])
     if out is not None:

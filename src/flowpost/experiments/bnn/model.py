@@ -33,7 +33,7 @@ from ..._checks import check_positive
 from ...vi.target import Target
 
 Array = jax.Array
-LIKELIHOODS = ("gaussian", "bernoulli", "categorical")
+LIKELIHOODS = ("gaussian", "heteroscedastic", "bernoulli", "categorical")
 
 
 def _gamma_log_prior_of_log(u, a, b):
@@ -60,6 +60,10 @@ class Gaussian:
     def log_noise_precision(self, extra):
         return -2.0 * math.log(self.noise) if self.noise is not None else extra[0]
 
+    def mean_and_var(self, out, extra):
+        """``out (B, 1) or (B,)`` -> the mean ``(B,)`` and noise variance (a scalar) of ``y``."""
+        return out.reshape(out.shape[0]), jnp.exp(-self.log_noise_precision(extra))
+
     def log_prob(self, out, y, extra):
         """``out (B, 1) or (B,)``, ``y (B,)`` -> ``(B,)``."""
         f = out.reshape(y.shape)
@@ -76,6 +80,39 @@ class Gaussian:
         if out_shape not in ((), (1,)):
             raise ValueError(f"bnn: a Gaussian likelihood needs one output per example (shape () or (1,)), "
                              f"the network returns shape {out_shape}")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeteroscedasticGaussian:
+    """``y ~ N(f_0(x), sigma(x)^2)`` with ``sigma(x) = softplus(f_1(x)) + min_noise``: the
+    network's two outputs per example (shape ``(2,)``) are the mean and the raw noise scale
+    (Nix & Weigend 1994; the likelihood of deep ensembles, Lakshminarayanan et al. 2017).
+    The noise is part of the network, so its posterior is the weights' posterior.
+    ``min_noise`` (in the units of ``y``) keeps the density bounded."""
+
+    min_noise: float = 1e-3
+    n_extra = 0
+
+    def mean_and_var(self, out, extra):
+        """``out (B, 2)`` -> the mean ``(B,)`` and noise variance ``(B,)`` of ``y``."""
+        sd = jax.nn.softplus(out[:, 1]) + self.min_noise
+        return out[:, 0], sd**2
+
+    def log_prob(self, out, y, extra):
+        """``out (B, 2)``, ``y (B,)`` -> ``(B,)``."""
+        f, var = self.mean_and_var(out, extra)
+        return -0.5 * (math.log(2 * math.pi) + jnp.log(var) + (y - f) ** 2 / var)
+
+    def log_prior_extra(self, extra):
+        return 0.0
+
+    def init_extra(self):
+        return jnp.zeros((0,))
+
+    def check(self, out_shape, y):
+        if out_shape != (2,):
+            raise ValueError(f"bnn: a heteroscedastic Gaussian likelihood needs two outputs per example (mean and "
+                             f"noise scale, shape (2,)), the network returns shape {out_shape}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +175,8 @@ class Categorical:
 
 
 def make_likelihood(name: str | Any, noise: float | None = None):
-    """A likelihood by name: ``"gaussian"`` (``noise=None`` learns it), ``"bernoulli"``, ``"categorical"``."""
+    """A likelihood by name: ``"gaussian"`` (``noise=None`` learns it), ``"heteroscedastic"``
+    (a Gaussian whose noise the network predicts: two outputs), ``"bernoulli"``, ``"categorical"``."""
     if not isinstance(name, str):
         if not all(hasattr(name, a) for a in ("log_prob", "n_extra", "check")):
             raise TypeError(f"bnn: `likelihood` must be one of {LIKELIHOODS} or a likelihood object, got {name!r}")
@@ -150,6 +188,8 @@ def make_likelihood(name: str | Any, noise: float | None = None):
     if noise is not None:
         raise ValueError(f"bnn: `noise` is the Gaussian likelihood's standard deviation; a {name!r} likelihood "
                          "has none (leave it out)")
+    if name == "heteroscedastic":
+        return HeteroscedasticGaussian()
     if name == "bernoulli":
         return Bernoulli()
     if name == "categorical":
@@ -219,6 +259,18 @@ class BNN:
         """The network's initial weights, extras at their hyper-prior's centre."""
         prior_extra = jnp.full((self.n_extra - self.likelihood.n_extra,), -2.0 * math.log(self.prior.scale))
         return jnp.concatenate([self.init_weights, self.likelihood.init_extra(), prior_extra])
+
+    def reinitialised(self, key) -> "BNN":
+        """The same model started from other initial weights: each parameter array's initial
+        values permuted at random. For the usual i.i.d. initialisers (uniform, normal,
+        Glorot, LeCun; constant biases) that is a fresh draw from the same initialiser,
+        without knowing which one the network used. The start of an ensemble member."""
+        seg = np.asarray(self.segments)
+        perm = np.arange(self.n_weights)
+        for layer, k in enumerate(jax.random.split(key, self.n_layers)):
+            idx = np.flatnonzero(seg == layer)
+            perm[idx] = idx[np.asarray(jax.random.permutation(k, len(idx)))]
+        return dataclasses.replace(self, init_weights=self.init_weights[perm])
 
     # -- densities -------------------------------------------------------------------
     def log_prior(self, theta) -> Array:

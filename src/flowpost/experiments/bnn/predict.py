@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import BNN, Bernoulli, Categorical, Gaussian
+from .model import BNN, Bernoulli, Categorical
 
 
 def _thetas(model: BNN, thetas) -> jax.Array:
@@ -44,15 +44,16 @@ def regression(model: BNN, thetas, x, y=None, y_mean: float = 0.0, y_std: float 
     """Predictive ``mean``, ``var``, ``sd`` (B,); with ``y``: ``rmse``, ``test_ll`` (per point mean)
     and ``log_lik`` (B,), in original units. ``x, y`` are checked as :meth:`BNN.check_data`
     checks training data (``y`` in original units)."""
-    if not isinstance(model.likelihood, Gaussian):
-        raise ValueError("bnn.predict.regression: the model's likelihood is not Gaussian")
+    if not hasattr(model.likelihood, "mean_and_var"):
+        raise ValueError("bnn.predict.regression: the model's likelihood is not Gaussian (\"gaussian\" or "
+                         "\"heteroscedastic\")")
     thetas = _thetas(model, thetas)
     y_mean, y_std = _scalar("y_mean", y_mean), _scalar("y_std", y_std, positive=True)
     if y is not None:
         x, y = model.check_data(x, y)
-    f = model.outputs(thetas, jnp.asarray(x, jnp.float32)).reshape(thetas.shape[0], -1)  # (S, B)
-    lt = jax.vmap(lambda t: model.likelihood.log_noise_precision(model.split(t)[1]))(thetas)  # (S,)
-    noise_var = jnp.exp(-lt)[:, None] * jnp.ones_like(f)
+    out = model.outputs(thetas, jnp.asarray(x, jnp.float32))  # (S, B, *out)
+    f, noise_var = jax.vmap(lambda o, t: model.likelihood.mean_and_var(o, model.split(t)[1]))(out, thetas)
+    noise_var = jnp.broadcast_to(jnp.reshape(noise_var, (thetas.shape[0], -1)), f.shape)  # (S, B)
     mean = jnp.mean(f, 0)
     # law of total variance, the spread of f about its mean (not E f^2 - (E f)^2, which
     # cancels to a negative number in float32 when |f| >> its spread)

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from ..._checks import check_ints, check_positive
+from ... import flows as F
 from ...vi import objectives
 from ..._progress import ProgressBar
 from ...vi.fit import FitState, Trace, _as_key, default_optimizer, flat_params, freeze_nonfinite, make_step
@@ -49,9 +50,11 @@ class BNNResult:
     """A fitted weight posterior.
 
     Attributes:
-        q: the variational family (a :class:`flowpost.flows.Flow` over ``theta``).
+        q: the variational family (a :class:`flowpost.flows.Flow` over ``theta``; for an
+            ensemble, ``fit_many(members=K)``, the :class:`flowpost.flows.Mixture` of ``K``).
         model: the :class:`~flowpost.experiments.bnn.model.BNN`.
-        trace: per-epoch means of ``loss``, ``elbo``, ``grad_norm``, ``update_norm`` (arrays ``(epochs,)``).
+        trace: per-epoch means of ``loss``, ``elbo``, ``grad_norm``, ``update_norm`` (arrays
+            ``(epochs,)``; an ensemble's: the mean over its members).
         epochs: epochs completed; ``message``: how the run ended; ``seconds``: wall time
             (of the whole :func:`fit_many` call when several data sets trained together).
     """
@@ -82,7 +85,12 @@ class BNNResult:
                              "equinox.tree_serialise_leaves instead")
         return save_flow(path, self.q, self.trace, {
             "family": self.family, "family_options": options, "dim": self.model.dim, "epochs": self.epochs,
-            "message": self.message, "seconds": self.seconds})
+            "message": self.message, "seconds": self.seconds, "members": self.members})
+
+    @property
+    def members(self) -> int:
+        """Number of ensemble members (``fit_many(members=...)``); 1 for a single posterior."""
+        return len(self.q.components) if isinstance(self.q, F.Mixture) else 1
 
     def fit_result(self, x, y):
         """A :class:`flowpost.vi.FitResult` over the full-batch target (for diagnostics,
@@ -94,7 +102,8 @@ class BNNResult:
 def load(path, model: BNN, like=None) -> BNNResult:
     """Load a :class:`BNNResult` saved by :meth:`BNNResult.save`; ``model`` is the same
     network, likelihood and prior (code, like a Target, so it is not saved); ``like`` a
-    flow of the saved structure, needed only for a custom family."""
+    flow (or an ensemble's :class:`~flowpost.flows.Mixture`) of the saved structure, needed
+    only for a custom family."""
     meta = read_meta(path, "bnn.load")
     if not isinstance(model, BNN):
         raise TypeError(f"bnn.load: `model` must be the fitted fp.bnn model (a BNN), got {type(model).__name__}")
@@ -104,6 +113,8 @@ def load(path, model: BNN, like=None) -> BNNResult:
         if meta["family"] not in families.FAMILIES:
             raise ValueError("bnn.load: a custom family was saved; pass `like=` (a flow of the same structure)")
         like = families.make(meta["family"], model, **meta["family_options"])
+        members = meta.get("members", 1)
+        like = F.Mixture([like] * members) if members > 1 else like
     q, trace = read_flow(path, meta, like, "bnn.load")
     return BNNResult(q, model, trace, meta["epochs"], meta["message"], meta["seconds"], meta["family"],
                      family_options=meta["family_options"])
@@ -121,7 +132,7 @@ def fit(model: BNN, x, y, family="meanfield", **kwargs) -> BNNResult:
 def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch_size: int = 32,
              num_samples: int = 4, learning_rate: float = 1e-3, optimizer: optax.GradientTransformation | None = None,
              key=None, family_options: dict | None = None, chunk: int | None = None, progress: bool = True,
-             label: str = "bnn") -> list[BNNResult]:
+             label: str = "bnn", members: int = 1) -> list[BNNResult]:
     """Fit independent posteriors to ``P`` data sets of equal shape in one compiled program.
 
     Args:
@@ -135,13 +146,22 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
         family_options: keyword arguments of :func:`families.make` (rank, block, ...).
         chunk: epochs per compiled call (progress granularity; default ~1/50 of the run).
         progress: show a rich progress bar.
+        members: fit this many posteriors per data set, one after another, each from its
+            own initial weights (:meth:`BNN.reinitialised`; the first from the model's) and
+            random draws, each by its own ELBO; the result's ``q`` is their equal-weight
+            :class:`flowpost.flows.Mixture` (an ensemble of variational posteriors, as in
+            MultiSWAG, Wilson & Izmailov 2020). ``members`` times the cost of one.
 
     Returns:
         one :class:`BNNResult` per data set. A non-finite loss freezes that data set's state
         at its last finite step; Ctrl-C returns what was trained so far.
     """
     key = _as_key(key)
-    check_ints("bnn.fit", epochs=epochs, batch_size=batch_size, num_samples=num_samples)
+    check_ints("bnn.fit", epochs=epochs, batch_size=batch_size, num_samples=num_samples, members=members)
+    if members > 1:
+        return _ensemble(model, xs, ys, family, members, key, label, dict(
+            epochs=epochs, batch_size=batch_size, num_samples=num_samples, learning_rate=learning_rate,
+            optimizer=optimizer, family_options=family_options, chunk=chunk, progress=progress))
     if optimizer is None:
         check_positive("bnn.fit", learning_rate=learning_rate)
     xs, ys = np.asarray(xs), np.asarray(ys)
@@ -223,3 +243,34 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     if message.startswith("interrupted"):
         warnings.warn(f"bnn.fit: {message}", RuntimeWarning, stacklevel=2)
     return results
+
+
+def _ensemble(model: BNN, xs, ys, family, members: int, key, label: str, options: dict) -> list[BNNResult]:
+    """``members`` runs of :func:`fit_many`, combined per data set into one :class:`BNNResult`
+    whose ``q`` is the equal-weight mixture of the members' posteriors. Member 0 is exactly
+    the single fit (same start, same key); member ``m`` starts from reinitialised weights
+    with its own key. Ctrl-C during a member keeps the members trained so far."""
+    runs = []
+    for m in range(members):
+        start, k_fit = model, key
+        if m:
+            k_init, k_fit = jax.random.split(jax.random.fold_in(key, m))
+            start = model.reinitialised(k_init)
+        runs.append(fit_many(start, xs, ys, family, key=k_fit, label=f"{label} member {m + 1}/{members}", **options))
+        if runs[-1][0].message.startswith("interrupted"):
+            break
+    return [_combine(model, [run[p] for run in runs]) for p in range(len(runs[0]))]
+
+
+def _combine(model: BNN, parts: list[BNNResult]) -> BNNResult:
+    """One result from ensemble members: the mixture of their ``q``; the trace is the
+    members' mean per epoch (over the epochs all completed); ``epochs`` the fewest any
+    completed; ``message`` theirs, numbered when they differ."""
+    n = min(len(p.trace.loss) for p in parts)
+    trace = Trace(*(np.mean([getattr(p.trace, f)[:n] for p in parts], axis=0) for f in Trace._fields))
+    messages = [p.message for p in parts]
+    message = messages[0] if len(set(messages)) == 1 else "; ".join(f"member {m + 1}: {msg}"
+                                                                     for m, msg in enumerate(messages))
+    return BNNResult(F.Mixture([p.q for p in parts]), model, trace, min(p.epochs for p in parts), message,
+                     sum(p.seconds for p in parts), parts[0].family, [t for p in parts for t in p.timings],
+                     parts[0].family_options)
