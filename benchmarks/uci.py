@@ -103,8 +103,8 @@ def main():
             family, members = _ensemble(fam)
             res = fp.bnn.run_uci(name, family, splits=splits, epochs=epochs, batch_size=batch, num_samples=draws,
                                  members=members, likelihood=args.likelihood)
-            rows[name][fam] = {k: res[k] for k in ("rmse_mean", "rmse_se", "test_ll_mean", "test_ll_se", "seconds",
-                                                   "epochs", "batch_size", "num_samples", "splits")}
+            rows[name][fam] = {k: v for k, v in res.items() if k.endswith(("_mean", "_se")) or k in (
+                "seconds", "epochs", "batch_size", "num_samples", "members", "likelihood", "splits")}
             console.print(f"{name} {fam}: RMSE {res['rmse_mean']:.3f} ± {res['rmse_se']:.3f}  "
                           f"LL {res['test_ll_mean']:.3f} ± {res['test_ll_se']:.3f}  ({res['seconds']:.0f} s, "
                           f"{epochs} epochs of batch {batch}, {draws} draws)")
@@ -120,33 +120,46 @@ def _ensemble(fam: str) -> tuple[str, int]:
     return (family, int(k)) if sep and k.isdigit() else (fam, 1)
 
 
+def _columns(fams) -> list[tuple[str, str, str]]:
+    """Table columns ``(label, family key, metric prefix)``: each family, and for an
+    ensemble also its first member alone (the single fit, ``member1_*``)."""
+    cols = []
+    for fam in fams:
+        if _ensemble(fam)[1] > 1:
+            cols.append((f"{_ensemble(fam)[0]} (member 1)", fam, "member1_"))
+        cols.append((fam, fam, ""))
+    return cols
+
+
 def _payload(rows, fams, args, seconds):
     wins = {}
-    for fam in fams:
+    for label, fam, pre in _columns(fams):
         done = [n for n in rows if fam in rows[n]]
-        wins[fam] = {"beats_dropout_ll": sum(rows[n][fam]["test_ll_mean"] > DROPOUT_2018[n][2] for n in done),
-                     "beats_pbp_ll": sum(rows[n][fam]["test_ll_mean"] > PBP[n][2] for n in done),
-                     "datasets": len(done)}
-    return {"machine": machine_info(), "likelihood": args.likelihood, "steps_per_split": args.steps, "large_epochs": args.large_epochs, "epochs": args.epochs, "seconds": seconds,
-            "results": rows, "wins": wins,
-            "published": {"pbp": PBP, "mc_dropout_2018": DROPOUT_2018}}
+        wins[label] = {"beats_dropout_ll": sum(rows[n][fam][pre + "test_ll_mean"] > DROPOUT_2018[n][2] for n in done),
+                       "beats_pbp_ll": sum(rows[n][fam][pre + "test_ll_mean"] > PBP[n][2] for n in done),
+                       "datasets": len(done)}
+    return {"machine": machine_info(), "likelihood": args.likelihood, "steps_per_split": args.steps,
+            "large_epochs": args.large_epochs, "epochs": args.epochs, "seconds": seconds, "results": rows,
+            "wins": wins, "published": {"pbp": PBP, "mc_dropout_2018": DROPOUT_2018}}
 
 
 def _print(console, rows, fams, payload):
+    cols = _columns(fams)
     for metric, idx, fmt in (("test RMSE (lower is better)", 0, ".2f"), ("test log-likelihood (higher is better)", 2,
                                                                          ".2f")):
-        table = Table(title=metric)
-        for col in ["dataset", "PBP", "MC dropout (2018)"] + fams:
+        table = Table(title=f"{metric}, {payload['likelihood']} likelihood")
+        for col in ["dataset", "PBP", "MC dropout (2018)"] + [c[0] for c in cols]:
             table.add_column(col, justify="right" if col != "dataset" else "left")
         for n, r in rows.items():
             key = "rmse" if idx == 0 else "test_ll"
             cells = [f"{PBP[n][idx]:{fmt}} ± {PBP[n][idx + 1]:{fmt}}",
                      f"{DROPOUT_2018[n][idx]:{fmt}} ± {DROPOUT_2018[n][idx + 1]:{fmt}}"]
-            cells += [f"{r[f][key + '_mean']:{fmt}} ± {r[f][key + '_se']:{fmt}}" if f in r else "-" for f in fams]
+            cells += [f"{r[f][pre + key + '_mean']:{fmt}} ± {r[f][pre + key + '_se']:{fmt}}" if f in r else "-"
+                      for _, f, pre in cols]
             table.add_row(SHORT.get(n, n), *cells)
         console.print(table)
-    for fam, w in payload["wins"].items():
-        console.print(f"{fam}: test LL above MC dropout on {w['beats_dropout_ll']}/{w['datasets']}, "
+    for label, w in payload["wins"].items():
+        console.print(f"{label}: test LL above MC dropout on {w['beats_dropout_ll']}/{w['datasets']}, "
                       f"above PBP on {w['beats_pbp_ll']}/{w['datasets']}")
 
 

@@ -63,10 +63,12 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     weights, all ``splits`` (default all) trained together; ``members > 1``: an ensemble of
     that many posteriors per split (:func:`~.train.fit_many`). Returns a dict with
     ``dataset``, ``family``, ``rmse_mean``, ``rmse_se``, ``test_ll_mean``, ``test_ll_se``,
-    ``splits`` (per split ``split``, ``rmse``, ``test_ll``, ``noise_sd``), ``epochs``,
-    ``seconds``; with ``out`` also writes ``out/results.json``, ``out/predictive.png``
-    (the first split's predictions and interval calibration) and each split's posterior
-    in ``out/posteriors/split_<s>`` (read it with :func:`~.train.load`)."""
+    ``splits`` (per split ``split``, ``rmse``, ``test_ll``), ``epochs``, ``seconds``; an
+    ensemble adds ``member1_rmse_*`` and ``member1_test_ll_*`` (mean, se and per split):
+    its first member alone, i.e. the single fit. With ``out`` also writes
+    ``out/results.json``, ``out/predictive.png`` (the first split's predictions and
+    interval calibration) and each split's posterior in ``out/posteriors/split_<s>`` (read
+    it with :func:`~.train.load`)."""
     if dataset not in uci.REGRESSION:
         raise ValueError(f"bnn.run_uci: `dataset` must be one of {uci.REGRESSION}, got {dataset!r}")
     if likelihood not in ("gaussian", "heteroscedastic"):
@@ -81,16 +83,24 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     seconds = time.perf_counter() - t0
     rows, first = [], None
     for p, (s, r) in enumerate(zip(chosen, results)):
-        thetas = r.sample(jax.random.key(1000 + s), test_samples)
-        pr = predict.regression(m, thetas, data.x_test[p], data.y_test[p], data.y_mean[p], data.y_std[p])
+        key = jax.random.key(1000 + s)
+        pr = predict.regression(m, r.sample(key, test_samples), data.x_test[p], data.y_test[p], data.y_mean[p],
+                                data.y_std[p])
         first = first or (pr, data.y_test[p])
         rows.append({"split": s, "rmse": pr["rmse"], "test_ll": pr["test_ll"], "message": r.message})
+        if members > 1:  # what the ensemble adds: its first member is the single fit
+            pr1 = predict.regression(m, r.q.components[0].sample(key, test_samples), data.x_test[p], data.y_test[p],
+                                     data.y_mean[p], data.y_std[p])
+            rows[-1].update(member1_rmse=pr1["rmse"], member1_test_ll=pr1["test_ll"])
     out_dict = {"dataset": dataset, "family": family, "members": members, "likelihood": likelihood, "epochs": epochs,
                 "batch_size": batch_size,
                 "num_samples": num_samples, "learning_rate": learning_rate, "n_params": m.dim,
                 "seconds": seconds, "splits": rows}
     out_dict["rmse_mean"], out_dict["rmse_se"] = _mean_se([r["rmse"] for r in rows])
     out_dict["test_ll_mean"], out_dict["test_ll_se"] = _mean_se([r["test_ll"] for r in rows])
+    if members > 1:
+        for k in ("rmse", "test_ll"):
+            out_dict[f"member1_{k}_mean"], out_dict[f"member1_{k}_se"] = _mean_se([r[f"member1_{k}"] for r in rows])
     if out is not None:
         write_json(out / "results.json", out_dict)
         _save_posteriors(out, chosen, results)
