@@ -201,7 +201,9 @@ class Mixture(eqx.Module):
     covers one mode, the mixture several.
 
     Sampling evaluates every component for every draw (``K`` times the cost of one) and
-    keeps the chosen one: exact, and shape-static under ``jit``.
+    keeps the chosen one: exact, and shape-static under ``jit``. The choice is discrete, so
+    no gradient of a draw reaches the weights: fit the components, not the mixture, by a
+    reparameterised objective (``fp.fit`` takes a :class:`Flow`, not a mixture).
 
     Args:
         components: a sequence of ``K >= 1`` flows.

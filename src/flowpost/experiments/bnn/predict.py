@@ -1,7 +1,7 @@
 """Posterior predictive summaries from weight samples ``thetas (S, dim)``.
 
 Regression (Gaussian likelihood): the predictive is the mixture
-``(1/S) sum_s N(f_s(x), sigma_s^2)``; its mean, variance (law of total variance) and the
+``(1/S) sum_s N(f_s(x), sigma_s^2)`` (``sigma_s(x)^2`` for the heteroscedastic one); its mean, variance (law of total variance) and the
 test log-likelihood ``mean_i log (1/S) sum_s N(y_i | f_s(x_i), sigma_s^2)`` (logsumexp over
 samples), all in the target's original units when ``y_mean, y_std`` are given (the model
 was fitted to ``(y - y_mean) / y_std``; the log-likelihood then shifts by ``-log y_std``).
