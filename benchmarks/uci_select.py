@@ -1,0 +1,93 @@
+"""Choose the noise model per UCI split on validation data, as the MC-dropout re-run chose
+its hyper-parameters: inside every train/test split, fit `subspace` with homoscedastic and
+with heteroscedastic Gaussian noise to 80% of the training rows and keep, for that split,
+the noise model with the higher log-likelihood on the other 20%. The test figures are
+those of the chosen model fitted to the whole training split, read from the two tables
+(`results/uci.json`, homoscedastic; `results/uci_heteroscedastic.json`, its single-fit
+column), which used the same budget, keys and splits; no test data enter the choice.
+
+Usage:
+    python benchmarks/uci_select.py            # all nine sets, all splits
+Writes benchmarks/results/uci_select.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from _common import machine_info, write_json
+from rich.console import Console
+from rich.table import Table
+from uci import DROPOUT_2018, PBP, SHORT, budget
+
+import flowpost as fp
+from flowpost.experiments.bnn import predict, uci
+
+RESULTS = Path(__file__).parent / "results"
+LIKELIHOODS = ("gaussian", "heteroscedastic")
+
+
+def validation_ll(name: str, likelihood: str, steps: int, large_epochs: int, seed: int = 0) -> np.ndarray:
+    """Per split: `subspace` fitted to the first 80% of the (already shuffled, standardised)
+    training rows, its mean log predictive density on the other 20% (standardised units)."""
+    data = uci.load_splits(name)
+    n = data.x_train.shape[1]
+    cut = int(round(0.8 * n))
+    epochs, batch, draws = budget(name, steps, large_epochs)
+    batch = min(batch, cut)
+    key = jax.random.key(seed)  # the keys of run_uci
+    net = fp.bnn.mlp(jax.random.fold_in(key, 1), data.x_train.shape[-1], 2 if likelihood == "heteroscedastic" else 1,
+                     (uci.hidden_units(name),))
+    model = fp.bnn.model(net, likelihood)
+    res = fp.bnn.fit_many(model, data.x_train[:, :cut], data.y_train[:, :cut], "subspace", epochs=epochs,
+                          batch_size=batch, num_samples=draws, learning_rate=3e-3, key=jax.random.fold_in(key, 2),
+                          label=f"{name} {likelihood} (validation)")
+    return np.array([predict.regression(model, r.sample(jax.random.key(1000 + p), 200), data.x_train[p, cut:],
+                                        data.y_train[p, cut:])["test_ll"] for p, r in enumerate(res)])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default=",".join(uci.REGRESSION))
+    ap.add_argument("--out", default=str(RESULTS / "uci_select.json"))
+    args = ap.parse_args()
+    homo = json.loads((RESULTS / "uci.json").read_text())
+    hetero = json.loads((RESULTS / "uci_heteroscedastic.json").read_text())
+    steps, large = homo["steps_per_split"], homo["large_epochs"]
+    if (hetero["steps_per_split"], hetero["large_epochs"]) != (steps, large):
+        raise SystemExit("uci_select: the two tables were run with different budgets")
+    console, rows, t0 = Console(), {}, time.perf_counter()
+    for name in args.datasets.split(","):
+        val = {lik: validation_ll(name, lik, steps, large) for lik in LIKELIHOODS}
+        test = {"gaussian": [s["test_ll"] for s in homo["results"][name]["subspace"]["splits"]],
+                "heteroscedastic": [s["member1_test_ll"] for s in hetero["results"][name]["subspacex3"]["splits"]]}
+        chosen = np.where(val["heteroscedastic"] > val["gaussian"], "heteroscedastic", "gaussian")
+        ll = np.array([test[c][p] for p, c in enumerate(chosen)])
+        rows[name] = {"validation_ll": {k: v.tolist() for k, v in val.items()}, "chosen": chosen.tolist(),
+                      "test_ll": ll.tolist(), "test_ll_mean": float(ll.mean()),
+                      "test_ll_se": float(ll.std() / np.sqrt(len(ll)))}
+        console.print(f"{name}: heteroscedastic chosen on {int(np.sum(chosen == 'heteroscedastic'))}/{len(chosen)} "
+                      f"splits; test LL {ll.mean():.3f} ± {ll.std() / np.sqrt(len(ll)):.3f}")
+        wins = {"beats_dropout_ll": sum(r["test_ll_mean"] > DROPOUT_2018[n][2] for n, r in rows.items()),
+                "beats_pbp_ll": sum(r["test_ll_mean"] > PBP[n][2] for n, r in rows.items()), "datasets": len(rows)}
+        write_json(Path(args.out), {"machine": machine_info(), "seconds": time.perf_counter() - t0, "results": rows,
+                                    "wins": wins})
+    table = Table(title="test log-likelihood, noise model chosen per split on validation data (subspace)")
+    for col in ("dataset", "PBP", "MC dropout (2018)", "chosen", "heteroscedastic splits"):
+        table.add_column(col, justify="left" if col == "dataset" else "right")
+    for n, r in rows.items():
+        table.add_row(SHORT.get(n, n), f"{PBP[n][2]:.2f}", f"{DROPOUT_2018[n][2]:.2f}",
+                      f"{r['test_ll_mean']:.3f} ± {r['test_ll_se']:.3f}",
+                      f"{r['chosen'].count('heteroscedastic')}/{len(r['chosen'])}")
+    console.print(table)
+    console.print(f"above MC dropout on {wins['beats_dropout_ll']}/{wins['datasets']}, "
+                  f"above PBP on {wins['beats_pbp_ll']}/{wins['datasets']}")
+
+
+if __name__ == "__main__":
+    main()
