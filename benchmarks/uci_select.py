@@ -25,8 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from uci import DROPOUT_2018, PBP, SHORT, budget
 
-import flowpost as fp
-from flowpost.experiments.bnn import predict, uci
+from flowpost.experiments.bnn import experiment, predict, uci
 
 RESULTS = Path(__file__).parent / "results"
 LIKELIHOODS = ("gaussian", "heteroscedastic")
@@ -34,19 +33,15 @@ LIKELIHOODS = ("gaussian", "heteroscedastic")
 
 def validation_ll(name: str, likelihood: str, steps: int, large_epochs: int, seed: int = 0) -> np.ndarray:
     """Per split: `subspace` fitted to the first 80% of the (already shuffled, standardised)
-    training rows, its mean log predictive density on the other 20% (standardised units)."""
+    training rows by run_uci's own fitting call (same network, keys and budget), its mean
+    log predictive density on the other 20% (standardised units)."""
     data = uci.load_splits(name)
-    n = data.x_train.shape[1]
-    cut = int(round(0.8 * n))
+    cut = int(round(0.8 * data.x_train.shape[1]))
     epochs, batch, draws = budget(name, steps, large_epochs)
-    batch = min(batch, cut)
-    key = jax.random.key(seed)  # the keys of run_uci
-    net = fp.bnn.mlp(jax.random.fold_in(key, 1), data.x_train.shape[-1], 2 if likelihood == "heteroscedastic" else 1,
-                     (uci.hidden_units(name),))
-    model = fp.bnn.model(net, likelihood)
-    res = fp.bnn.fit_many(model, data.x_train[:, :cut], data.y_train[:, :cut], "subspace", epochs=epochs,
-                          batch_size=batch, num_samples=draws, learning_rate=3e-3, key=jax.random.fold_in(key, 2),
-                          label=f"{name} {likelihood} (validation)")
+    part = data._replace(x_train=data.x_train[:, :cut], y_train=data.y_train[:, :cut])
+    model, res = experiment._fit(f"{name} {likelihood} (validation)", part, likelihood,
+                                 2 if likelihood == "heteroscedastic" else 1, uci.hidden_units(name), "subspace",
+                                 epochs, min(batch, cut), draws, 3e-3, seed, None, True, 1.0, 1)
     return np.array([predict.regression(model, r.sample(jax.random.key(1000 + p), 200), data.x_train[p, cut:],
                                         data.y_train[p, cut:])["test_ll"] for p, r in enumerate(res)])
 
