@@ -7,9 +7,9 @@ import dataclasses
 import numbers
 import operator
 import pathlib
+import typing
 
 import numpy as np
-
 
 # what a command-line action reports as a red message and exit code 2, not a traceback:
 # bad arguments and data or files that are missing or cannot be read or fetched
@@ -43,13 +43,13 @@ def as_ints(who: str = "", least: int = 1, **values) -> tuple[int, ...]:
     """:func:`check_ints`, then the values as Python ints (NumPy and JAX integer scalars
     would otherwise reach ``lax.scan`` lengths and sample shapes, which need Python ints)."""
     check_ints(who, least, **values)
-    return tuple(as_int(v) for v in values.values())
+    return tuple(typing.cast(int, as_int(v)) for v in values.values())
 
 
 def check_positive(who: str = "", **values) -> None:
     """Raise ``ValueError`` unless every keyword value is a finite real number > 0."""
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < float("inf"):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < float(v) < float("inf"):
             raise ValueError(f"{who + ': ' if who else ''}`{name}` must be a positive finite number, got {v!r}")
 
 

@@ -33,6 +33,7 @@ import shutil
 import tempfile
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -139,7 +140,7 @@ class _Entry:
 
 def amat_to_npz(sources: list[pathlib.Path], dest) -> None:
     """Binarized-MNIST ``.amat`` files (train, valid, test) -> one npz of uint8 arrays (n, 784)."""
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for key, src in zip(("train", "valid", "test"), sources):
         a = np.loadtxt(src, dtype=np.uint8, ndmin=2)
         if a.shape[1] != 784 or a.max(initial=0) > 1:

@@ -7,14 +7,11 @@ import pathlib
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .._checks import USER_ERRORS
+from . import _ui
 
 app = typer.Typer(help="Bayesian neural networks with flow posteriors over the weights.", no_args_is_help=True,
                   add_completion=False)
-console = Console()
 
 
 def _splits(value: Optional[str]):
@@ -23,19 +20,14 @@ def _splits(value: Optional[str]):
     try:
         parts = [int(v) for v in value.split(",")]
     except ValueError:
-        raise typer.BadParameter(f"--splits takes a count (e.g. 5) or a list (e.g. 0,3,7), got {value!r}")
+        raise typer.BadParameter(f"--splits takes a count (e.g. 5) or a list (e.g. 0,3,7), got {value!r}") from None
     return parts[0] if len(parts) == 1 else parts
 
 
 def _table(title, res, metrics):
-    table = Table(title=title)
-    table.add_column("split", justify="right")
-    for m in metrics:
-        table.add_column(m, justify="right")
-    for row in res["splits"]:
-        table.add_row(str(row["split"]), *(f"{row[m]:.4g}" for m in metrics))
-    table.add_row("[bold]mean ± se", *(f"[bold]{res[m + '_mean']:.4g} ± {res[m + '_se']:.2g}" for m in metrics))
-    console.print(table)
+    rows = [[str(row["split"])] + [f"{row[m]:.4g}" for m in metrics] for row in res["splits"]]
+    rows.append(["mean ± se"] + [f"{res[m + '_mean']:.4g} ± {res[m + '_se']:.2g}" for m in metrics])
+    _ui.table(title, ("split", *metrics), rows, left=(), bold_last=True)
 
 
 def _label(family, members):
@@ -44,14 +36,16 @@ def _label(family, members):
 
 def _run(fn, title, metrics, files, **kwargs):
     """One library call; its errors become a red message and exit code 2; then the table."""
+    from .._checks import USER_ERRORS
+
     try:
         res = fn(**kwargs)
     except USER_ERRORS as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+        _ui.error(e)
+        raise typer.Exit(2) from None
     _table(f"{title}, {res['seconds']:.1f} s", res, metrics)
     if kwargs.get("out") is not None:
-        console.print(f"wrote {kwargs['out']}/results.json, {files}")
+        _ui.say(f"wrote {kwargs['out']}/results.json, {files}")
 
 
 @app.command()

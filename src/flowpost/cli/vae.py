@@ -11,14 +11,11 @@ import pathlib
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .._checks import USER_ERRORS
+from . import _ui
 
 app = typer.Typer(help="VAEs whose encoder posterior is a normalizing flow (MNIST, Frey faces).",
                   no_args_is_help=True, add_completion=False)
-console = Console()
 
 
 @app.command()
@@ -41,6 +38,7 @@ def train(
     """Train a flow-VAE; writes checkpoints every epoch, history.json, summary.json and PNGs to OUT.
 
     Re-running with the same OUT resumes the run where it stopped (Ctrl-C is safe)."""
+    from .._checks import USER_ERRORS
     from ..experiments import vae
 
     likelihood = "bernoulli" if dataset == "mnist" else "logistic"
@@ -52,21 +50,19 @@ def train(
                                  patience=patience, seed=seed, limit=limit)
         result = vae.train(config, out=out)
     except USER_ERRORS as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
-    table = Table(title=f"{flow} VAE on {dataset} ({arch}, {objective})")
-    for col in ("epochs", "best epoch", "best valid -ELBO", "s / epoch", "compile s"):
-        table.add_column(col, justify="right")
+        _ui.error(e)
+        raise typer.Exit(2) from None
     best = "-" if not math.isfinite(result.best_valid) else f"{result.best_valid:.2f}"
-    table.add_row(str(result.epochs_done), str(result.best_epoch), best, f"{result.seconds_per_epoch:.2f}",
-                  f"{result.compile_seconds:.1f}" if math.isfinite(result.compile_seconds) else "-")
-    console.print(table)
-    console.print(result.message)
+    row = (str(result.epochs_done), str(result.best_epoch), best, f"{result.seconds_per_epoch:.2f}",
+           f"{result.compile_seconds:.1f}" if math.isfinite(result.compile_seconds) else "-")
+    _ui.table(f"{flow} VAE on {dataset} ({arch}, {objective})",
+              ("epochs", "best epoch", "best valid -ELBO", "s / epoch", "compile s"), [row], left=())
+    _ui.say(result.message)
     if result.status == "nonfinite":  # the last good checkpoint is kept; the command failed
-        console.print(f"[red]the run diverged[/red]; {out} keeps the checkpoint of epoch {result.epochs_done}. "
-                      "Re-run the same command with a smaller --learning-rate to resume from it, or inspect history.json.")
+        _ui.error(f"the run diverged; {out} keeps the checkpoint of epoch {result.epochs_done}. Re-run the same "
+                  "command with a smaller --learning-rate to resume from it, or inspect history.json.")
         raise typer.Exit(1)
-    console.print(f"wrote {out}/checkpoint.eqx, best.eqx, history.json, summary.json, samples.png, "
+    _ui.say(f"wrote {out}/checkpoint.eqx, best.eqx, history.json, summary.json, samples.png, "
                   f"reconstructions.png; next: flowpost vae eval {out}")
     if result.status == "interrupted":
         raise typer.Exit(130)
@@ -82,16 +78,15 @@ def eval_(
     """Test -ELBO and NLL (importance sampling) in nats per image; writes RUN/eval.json."""
     import jax
 
+    from .._checks import USER_ERRORS
     from ..experiments import vae
 
     try:
         r = vae.evaluate_run(run, samples=samples, key=jax.random.key(seed), limit=limit, progress=True)
     except USER_ERRORS as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
-    table = Table(title=f"{r['flow']} VAE, {r['dataset']} test set ({r['n_images']} images)")
-    for col in ("-ELBO (nats)", f"NLL (nats, {samples} samples)"):
-        table.add_column(col, justify="right")
-    table.add_row(f"{r['neg_elbo']:.2f}", f"{r['nll']:.2f}")
-    console.print(table)
-    console.print(f"wrote {run}/eval.json")
+        _ui.error(e)
+        raise typer.Exit(2) from None
+    _ui.table(f"{r['flow']} VAE, {r['dataset']} test set ({r['n_images']} images)",
+              ("-ELBO (nats)", f"NLL (nats, {samples} samples)"), [(f"{r['neg_elbo']:.2f}", f"{r['nll']:.2f}")],
+              left=())
+    _ui.say(f"wrote {run}/eval.json")

@@ -184,7 +184,7 @@ class Scan(Bijection):
         self.cond_dim = stacked.cond_dim
 
     @classmethod
-    def make(cls, make_layer, key: Array, length: int) -> "Scan":
+    def make(cls, make_layer, key: Array, length: int) -> Scan:
         """``make_layer(key) -> Bijection`` called for ``length`` independent keys."""
         keys = jax.random.split(key, length)
         return cls(eqx.filter_vmap(make_layer)(keys), length)
@@ -212,4 +212,4 @@ class Scan(Bijection):
     def layers(self) -> list[Bijection]:
         """The individual layers, unstacked (for inspection)."""
         arrays, static = eqx.partition(self.stacked, eqx.is_array)
-        return [eqx.combine(jax.tree.map(lambda a: a[i], arrays), static) for i in range(self.length)]
+        return [eqx.combine(jax.tree.map(lambda a, i=i: a[i], arrays), static) for i in range(self.length)]

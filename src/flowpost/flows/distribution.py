@@ -10,6 +10,7 @@ shape ``(*batch, d)`` and ``context`` of shape ``(c,)`` or ``(*batch, c)``;
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -79,8 +80,9 @@ class StudentT(eqx.Module):
 def _shape(n) -> tuple[int, ...]:
     if n is None:
         return ()
-    dims = [as_int(i) for i in (n if isinstance(n, tuple) else (n,))]
-    if None in dims:
+    given = [as_int(i) for i in (n if isinstance(n, tuple) else (n,))]
+    dims = [i for i in given if i is not None]
+    if len(dims) != len(given):
         raise TypeError(f"sample size must be an int or a tuple of ints, got {n!r}")
     if any(i < 0 for i in dims):
         raise ValueError(f"sample size must be non-negative, got {n}")
@@ -96,7 +98,7 @@ class Flow(eqx.Module):
     """
 
     bijection: Bijection
-    base: eqx.Module
+    base: Any  # StandardNormal, StudentT or any module with sample(key, shape) and log_prob(z)
     dim: int = eqx.field(static=True)
     cond_dim: int | None = eqx.field(static=True)
 

@@ -28,7 +28,7 @@ class ActNorm(Bijection):
         self.loc = jnp.zeros((dim,)) if loc is None else jnp.asarray(loc)
         self.log_scale = jnp.zeros((dim,)) if log_scale is None else jnp.asarray(log_scale)
 
-    def initialise(self, x: jax.Array) -> "ActNorm":
+    def initialise(self, x: jax.Array) -> ActNorm:
         """``x (n, dim)`` -> an ActNorm that standardises ``x`` (a constant column is only
         centred: dividing it by its zero spread would multiply it by about 1e6)."""
         x = jnp.asarray(x)

@@ -44,7 +44,7 @@ class Linear(eqx.Module):
         w = self.weight if self.mask is None else jnp.where(self.mask, self.weight, 0.0)
         return w @ x + self.bias
 
-    def masked(self) -> "Linear":
+    def masked(self) -> Linear:
         """The same map with the mask folded into the weight (``mask=None``).
 
         Gradients still reach only the unmasked entries of the original weight. Used

@@ -94,7 +94,8 @@ class Planar(Bijection):
 
         lo, hi = jax.lax.fori_loop(0, iterations, body, (target - jnp.abs(c), target + jnp.abs(c)))
         a = jax.lax.stop_gradient(0.5 * (lo + hi))
-        a = a - (a + c * jnp.tanh(a + b) - target) / (1 + c * (1 - jnp.tanh(a + b) ** 2))  # Newton step: carries gradients
+        # a Newton step: carries gradients
+        a = a - (a + c * jnp.tanh(a + b) - target) / (1 + c * (1 - jnp.tanh(a + b) ** 2))
         t = jnp.tanh(a + b)
         return y - u * t, -jnp.log1p((1 - t**2) * c)
 

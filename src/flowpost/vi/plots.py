@@ -1,21 +1,43 @@
 """PNG plots of a fit: the loss curve and a pair plot of posterior draws (with reference
-draws overlaid when the target has them). Uses matplotlib's Agg backend (no screen)."""
+draws overlaid when the target has them).
+
+The figures are drawn on matplotlib's Agg canvas directly (:func:`figure`), without
+pyplot: importing or calling this module never changes the matplotlib backend of the
+session (a notebook's inline backend stays as it was) and leaves no open pyplot figures.
+matplotlib is an optional dependency (``pip install 'flowpost[plots]'``).
+"""
 
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Mapping
+from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+# a pair plot shows at most this many quantities unless asked for more (a k x k grid)
+PAIR_MAX = 12
+
+
+def figure(figsize: tuple[float, float] = (6.0, 4.0), dpi: int = 100) -> Any:
+    """A ``matplotlib.figure.Figure`` on its own Agg canvas (no pyplot, no global backend).
+
+    Save it with ``fig.savefig(path)``; it is freed with the last reference to it."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("flowpost's plots need matplotlib: pip install 'flowpost[plots]'") from e
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def loss_curve(trace, path, title: str = "") -> pathlib.Path:
     """The per-step ELBO estimate (light) and its running mean (dark) against the step."""
     elbo = np.asarray(trace.elbo, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    fig = figure(figsize=(6, 3.5), dpi=120)
+    ax = fig.subplots()
     steps = np.arange(1, len(elbo) + 1)
     ax.plot(steps, elbo, color="tab:blue", alpha=0.25, lw=0.6, label="per step")
     w = max(len(elbo) // 50, 1)
@@ -33,16 +55,24 @@ def loss_curve(trace, path, title: str = "") -> pathlib.Path:
     fig.tight_layout()
     path = pathlib.Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
-def pair_plot(flat: dict[str, np.ndarray], path, reference: dict[str, np.ndarray] | None = None,
-              max_vars: int = 6, title: str = "") -> pathlib.Path:
-    """Lower-triangle scatter and diagonal histograms of up to ``max_vars`` quantities."""
-    names = list(flat)[:max_vars]
+def pair_plot(flat: Mapping[str, np.ndarray], path, reference: Mapping[str, np.ndarray] | None = None,
+              max_vars: int | None = PAIR_MAX, title: str = "") -> pathlib.Path:
+    """Lower-triangle scatter and diagonal histograms of the quantities in ``flat``.
+
+    Every quantity is shown when there are at most ``max_vars`` (``None``: no limit);
+    otherwise the first ``max_vars`` in ``flat``'s order, and the figure's title says so
+    ("first 12 of 26 quantities"): a plot never drops quantities silently."""
+    names = list(flat)
+    total = len(names)
+    if max_vars is not None and total > max_vars:
+        names = names[:max_vars]
     k = len(names)
-    fig, axes = plt.subplots(k, k, figsize=(1.9 * k + 1, 1.9 * k + 1), dpi=110, squeeze=False)
+    cell = 1.9 if k <= 6 else max(1.0, 12.0 / k)
+    fig = figure(figsize=(cell * k + 1, cell * k + 1), dpi=110)
+    axes = fig.subplots(k, k, squeeze=False)
     rng = np.random.default_rng(0)
     sub = rng.permutation(len(flat[names[0]]))[:2000]
     ref_sub = None
@@ -70,9 +100,9 @@ def pair_plot(flat: dict[str, np.ndarray], path, reference: dict[str, np.ndarray
             ax.tick_params(labelsize=6)
     if reference:
         axes[0, 0].legend(fontsize=6, loc="upper right")
-    fig.suptitle(title or "posterior draws", fontsize=10)
+    shown = f"all {total} quantities" if k == total else f"first {k} of {total} quantities"
+    fig.suptitle(f"{title or 'posterior draws'} ({shown})", fontsize=10)
     fig.tight_layout()
     path = pathlib.Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path

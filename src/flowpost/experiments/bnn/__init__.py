@@ -19,9 +19,19 @@
 from . import experiment, families, predict, uci
 from .experiment import run_classification, run_uci
 from .families import FAMILIES
-from .model import (BNN, Bernoulli, Categorical, Gaussian, GaussianPrior, HeteroscedasticGaussian, make_likelihood, mlp,
-                    model)
+from .model import (
+    BNN,
+    Bernoulli,
+    Categorical,
+    Gaussian,
+    GaussianPrior,
+    HeteroscedasticGaussian,
+    make_likelihood,
+    mlp,
+    model,
+)
 from .train import BNNResult, fit, fit_many, load, minibatch_log_joint
 
-__all__ = ["model", "mlp", "BNN", "Gaussian", "HeteroscedasticGaussian", "Bernoulli", "Categorical", "GaussianPrior", "make_likelihood",
-           "fit", "fit_many", "load", "BNNResult", "minibatch_log_joint", "families", "FAMILIES", "predict", "uci", "experiment", "run_uci", "run_classification"]
+__all__ = ["model", "mlp", "BNN", "Gaussian", "HeteroscedasticGaussian", "Bernoulli", "Categorical", "GaussianPrior",
+           "make_likelihood", "fit", "fit_many", "load", "BNNResult", "minibatch_log_joint", "families", "FAMILIES",
+           "predict", "uci", "experiment", "run_uci", "run_classification"]

@@ -137,8 +137,9 @@ class Bernoulli:
     def check(self, out_shape, y):
         want = ((), (1,)) if y.ndim == 1 else (tuple(y.shape[1:]),)
         if out_shape not in want:
-            raise ValueError(f"bnn: a Bernoulli likelihood needs network outputs of shape {' or '.join(map(str, want))} "
-                             f"per example for labels `y` of shape {y.shape}; the network returns shape {out_shape}")
+            raise ValueError(f"bnn: a Bernoulli likelihood needs network outputs of shape "
+                             f"{' or '.join(map(str, want))} per example for labels `y` of shape {y.shape}; "
+                             f"the network returns shape {out_shape}")
         bad = ~np.isin(y, (0, 1))
         if bad.any():
             raise ValueError(f"bnn: Bernoulli labels `y` must be 0 or 1; found {np.unique(y[bad])[:5].tolist()}")
@@ -260,7 +261,7 @@ class BNN:
         prior_extra = jnp.full((self.n_extra - self.likelihood.n_extra,), -2.0 * math.log(self.prior.scale))
         return jnp.concatenate([self.init_weights, self.likelihood.init_extra(), prior_extra])
 
-    def reinitialised(self, key) -> "BNN":
+    def reinitialised(self, key) -> BNN:
         """The same model started from other initial weights: each parameter array's initial
         values permuted at random. For the usual i.i.d. initialisers (uniform, normal,
         Glorot, LeCun; constant biases) that is a fresh draw from the same initialiser,
@@ -403,7 +404,8 @@ def model(network, likelihood: str | Any = "gaussian", prior: float | GaussianPr
         call = lambda p, x: network(eqx.combine(p, static), x)  # noqa: E731
         batched = True if batched is None else batched
     else:
-        raise TypeError(f"bnn: `network` must be an Equinox module or an apply(params, x) function, got {type(network).__name__}")
+        raise TypeError("bnn: `network` must be an Equinox module or an apply(params, x) function, "
+                        f"got {type(network).__name__}")
     leaves = jax.tree.leaves(tree)
     if not leaves:
         raise ValueError("bnn: the network has no inexact (floating-point) parameter arrays")

@@ -1,10 +1,11 @@
 """Posterior predictive summaries from weight samples ``thetas (S, dim)``.
 
 Regression (Gaussian likelihood): the predictive is the mixture
-``(1/S) sum_s N(f_s(x), sigma_s^2)`` (``sigma_s(x)^2`` for the heteroscedastic one); its mean, variance (law of total variance) and the
-test log-likelihood ``mean_i log (1/S) sum_s N(y_i | f_s(x_i), sigma_s^2)`` (logsumexp over
-samples), all in the target's original units when ``y_mean, y_std`` are given (the model
-was fitted to ``(y - y_mean) / y_std``; the log-likelihood then shifts by ``-log y_std``).
+``(1/S) sum_s N(f_s(x), sigma_s^2)`` (``sigma_s(x)^2`` for the heteroscedastic one); its mean,
+variance (law of total variance) and the test log-likelihood
+``mean_i log (1/S) sum_s N(y_i | f_s(x_i), sigma_s^2)`` (logsumexp over samples), all in
+the target's original units when ``y_mean, y_std`` are given (the model was fitted to
+``(y - y_mean) / y_std``; the log-likelihood then shifts by ``-log y_std``).
 
 Classification: predictive probabilities ``(1/S) sum_s softmax(f_s(x))``, accuracy,
 test log-likelihood, and the expected calibration error (Guo et al. 2017) with a
@@ -14,6 +15,7 @@ reliability diagram.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,14 +53,14 @@ def regression(model: BNN, thetas, x, y=None, y_mean: float = 0.0, y_std: float 
     y_mean, y_std = _scalar("y_mean", y_mean), _scalar("y_std", y_std, positive=True)
     if y is not None:
         x, y = model.check_data(x, y)
-    out = model.outputs(thetas, jnp.asarray(x, jnp.float32))  # (S, B, *out)
-    f, noise_var = jax.vmap(lambda o, t: model.likelihood.mean_and_var(o, model.split(t)[1]))(out, thetas)
+    outputs = model.outputs(thetas, jnp.asarray(x, jnp.float32))  # (S, B, *out)
+    f, noise_var = jax.vmap(lambda o, t: model.likelihood.mean_and_var(o, model.split(t)[1]))(outputs, thetas)
     noise_var = jnp.broadcast_to(jnp.reshape(noise_var, (thetas.shape[0], -1)), f.shape)  # (S, B)
     mean = jnp.mean(f, 0)
     # law of total variance, the spread of f about its mean (not E f^2 - (E f)^2, which
     # cancels to a negative number in float32 when |f| >> its spread)
     var = jnp.mean(noise_var, 0) + jnp.mean((f - mean) ** 2, 0)
-    out = {"mean": np.asarray(mean * y_std + y_mean), "var": np.asarray(var * y_std**2)}
+    out: dict[str, Any] = {"mean": np.asarray(mean * y_std + y_mean), "var": np.asarray(var * y_std**2)}
     out["sd"] = np.sqrt(out["var"])
     if y is not None:
         y = jnp.asarray(y, jnp.float32).reshape(-1)
@@ -123,7 +125,7 @@ def classification(model: BNN, thetas, x, y=None, bins: int = 10) -> dict:
     if y is not None:
         x, y = model.check_data(x, y)
     probs = probabilities(model, thetas, x)
-    out = {"probs": probs}
+    out: dict[str, Any] = {"probs": probs}
     if y is not None:
         y = np.asarray(y).reshape(-1).astype(int)
         out["accuracy"] = float(np.mean(probs.argmax(-1) == y))
@@ -134,13 +136,11 @@ def classification(model: BNN, thetas, x, y=None, bins: int = 10) -> dict:
 
 def reliability_plot(probs, y, path, bins: int = 10, title: str = "reliability") -> None:
     """Reliability diagram (accuracy vs confidence per bin) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ...vi.plots import figure
 
     conf, acc, counts = reliability(probs, y, bins)
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = figure(figsize=(4, 4))
+    ax = fig.subplots()
     ok = counts > 0
     centres = (np.arange(bins) + 0.5) / bins
     ax.bar(centres[ok], acc[ok], width=1 / bins, edgecolor="k", alpha=0.7, label="accuracy")
@@ -150,20 +150,18 @@ def reliability_plot(probs, y, path, bins: int = 10, title: str = "reliability")
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def regression_plot(mean, sd, y, path, title: str = "predictive") -> None:
     """Two panels: predicted vs observed with +-2 sd bars, and the calibration of central
     predictive intervals (observed coverage vs nominal level, Gaussian approximation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from scipy.stats import norm
 
+    from ...vi.plots import figure
+
     mean, sd, y = (np.asarray(a).reshape(-1) for a in (mean, sd, y))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 4))
+    fig = figure(figsize=(8, 4))
+    a1, a2 = fig.subplots(1, 2)
     a1.errorbar(y, mean, yerr=2 * sd, fmt=".", alpha=0.5, ms=3)
     lo, hi = min(y.min(), mean.min()), max(y.max(), mean.max())
     a1.plot([lo, hi], [lo, hi], "k--", lw=1)
@@ -176,4 +174,3 @@ def regression_plot(mean, sd, y, path, title: str = "predictive") -> None:
     a2.set(xlabel="nominal central interval", ylabel="observed coverage", title="interval calibration")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -29,9 +29,9 @@ class VAE(eqx.Module):
     """``encoder``, ``posterior`` (flow on top of the encoder's Gaussian), ``decoder`` and a
     static ``likelihood``; prior ``N(0, I)`` on ``R^latent``."""
 
-    encoder: eqx.Module
+    encoder: Any  # a module x -> (mu, log_sigma, h) with a `latent` attribute
     posterior: Posterior
-    decoder: eqx.Module
+    decoder: Any  # a module z -> likelihood parameters (D, n_params) with a `latent` attribute
     likelihood: Any = eqx.field(static=True)
     latent: int = eqx.field(static=True)
 
@@ -110,7 +110,7 @@ class VAEConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VAEConfig":
+    def from_dict(cls, d: dict) -> VAEConfig:
         return cls(**{**d, "flow_options": tuple(dict(d.get("flow_options", {})).items())})
 
 

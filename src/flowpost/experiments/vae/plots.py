@@ -1,4 +1,5 @@
-"""PNG grids of VAE images: samples from the prior and reconstructions (Agg backend)."""
+"""PNG grids of VAE images: samples from the prior and reconstructions (drawn on an Agg
+canvas without pyplot, so the session's matplotlib backend is left alone)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ import pathlib
 
 import equinox as eqx
 import jax
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ...vi.plots import figure
 
 
 def image_grid(images, image_shape, path, title: str = "", cols: int = 10) -> pathlib.Path:
@@ -23,14 +22,14 @@ def image_grid(images, image_shape, path, title: str = "", cols: int = 10) -> pa
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
         canvas[r * (h + 2) + 1:r * (h + 2) + 1 + h, c * (w + 2) + 1:c * (w + 2) + 1 + w] = im
-    fig, ax = plt.subplots(figsize=(cols * (w + 2) / 28, rows * (h + 2) / 28 + (0.4 if title else 0)), dpi=100)
+    fig = figure(figsize=(cols * (w + 2) / 28, rows * (h + 2) / 28 + (0.4 if title else 0)), dpi=100)
+    ax = fig.subplots()
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=9)
     path = pathlib.Path(path)
     fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

@@ -23,6 +23,7 @@ Flows (all take ``h`` as ``context``):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -33,7 +34,7 @@ from ... import flows
 FLOWS = ("none", "planar", "iaf", "sylvester-o", "sylvester-h", "sylvester-t", "spline")
 
 # defaults per flow (the papers' choices, scaled to a CPU budget where noted)
-DEFAULTS = {
+DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {},
     "planar": {"layers": 16},  # Sylvester paper: 16 planar flows
     "iaf": {"layers": 4, "hidden": (128, 128)},
@@ -54,7 +55,7 @@ def make_flow(name: str, key, latent: int, context: int, **options) -> flows.Bij
         if options:
             raise ValueError(f"flow 'none' takes no options, got {sorted(options)}")
         return None
-    c = {"cond_dim": context}
+    c: dict[str, Any] = {"cond_dim": context}
     if name == "planar":
         f = flows.planar(key, latent, **opts, **c)
     elif name == "iaf":

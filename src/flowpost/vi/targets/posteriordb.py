@@ -6,7 +6,8 @@ unconstrained vector u (dim,), laid out as listed per model below, and includes 
 log-Jacobian of the map to the constrained parameters, using Stan's transforms:
 positive x = exp(s); x in (0, 1) = sigmoid(t); ordered (mu1, mu2) = (m, m + exp(d));
 garch's beta1 in (0, 1 - alpha1) = (1 - alpha1) sigmoid(v), re-derived for every u.
-``constrain(u)`` returns exactly the quantities of the reference draws (same names), and ``reference`` holds the pooled gold-standard draws (10 chains x 1000).
+``constrain(u)`` returns exactly the quantities of the reference draws (same names), and
+``reference`` holds the pooled gold-standard draws (10 chains x 1000).
 :func:`unconstrain` maps reference-style draws back to u.
 """
 
