@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import compile_fn, machine_info, time_interleaved, write_json  # noqa: E402
 
 import flowpost as fp  # noqa: E402

@@ -45,7 +45,6 @@ import json
 import math
 import pathlib
 import subprocess
-import sys
 import time
 import warnings
 
@@ -60,7 +59,6 @@ import optax  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import block, machine_info, time_interleaved, write_json  # noqa: E402
 
 import flowpost as fp  # noqa: E402

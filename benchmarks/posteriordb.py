@@ -1,7 +1,7 @@
 """Accuracy on the eight posteriordb reference posteriors, default settings, no tuning.
 
 For each posterior and family: worst |mean - ref mean| / ref sd over the quantities
-(|z|), worst |log(sd / ref sd)|, PSIS k-hat, wall time. Target (DESIGN.md): |z| < 0.1,
+(|z|), worst |log(sd / ref sd)|, PSIS k-hat, wall time. Target: |z| < 0.1,
 |log sd| < 0.1, k-hat < 0.7 on every posterior with the default family.
 
     python benchmarks/posteriordb.py [--families flow,fullrank,meanfield] [--steps 3000]

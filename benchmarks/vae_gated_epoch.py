@@ -4,8 +4,10 @@ protocol) for every posterior flow: how long the full 2000-epoch run takes on th
     python benchmarks/vae_gated_epoch.py     # env FLOWS=none,iaf and LIMIT=1000 narrow it;
                                              # writes $OUT/gated_epoch.json (default /tmp)
 """
-import json, os, sys, time
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import json
+import os
+import time
+
 import jax
 import flowpost as fp
 import vae as V

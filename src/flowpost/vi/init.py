@@ -1,8 +1,9 @@
 """Where a variational family starts: the posterior mode and the Laplace covariance.
 
 Starting at the mode, whitened by ``(-Hessian)^{-1}``, removes the scale and correlation
-that make plain Adam from ``N(0, I)`` stall on ill-conditioned posteriors (the lesson of
-the reference-posterior table in DESIGN.md; cf. Zhang et al. 2022, Pathfinder).
+that make plain Adam from ``N(0, I)`` stall on ill-conditioned posteriors (where NumPyro's
+autoguides, FlowJAX and Pathfinder fail on the posteriordb references, see the benchmark
+pages; cf. Zhang et al. 2022, Pathfinder).
 """
 
 from __future__ import annotations
