@@ -37,7 +37,7 @@ class Target:
         constrain: ``u (dim,) -> dict[str, Array]``, the model's own quantities
             (constrained parameters, deterministic sites). Default: ``{"theta": u}``.
         names: optional flat names, one per entry of the flattened ``constrain`` output
-            (e.g. ``["mu", "tau", "theta[1]", ...]``). Derived when not given. Without
+            (e.g. ``["mu", "tau", "theta[0]", ...]``). Derived when not given. Without
             ``constrain``, ``dim`` names make each coordinate a quantity of its own
             (``constrain`` becomes ``u -> {names[i]: u[i]}``), so draws, summaries and
             ArviZ output use them.
@@ -81,7 +81,7 @@ class Target:
         return dict(self.constrain(u))
 
     def flat_names(self) -> tuple[str, ...]:
-        """Names of the flattened model-space quantities, Stan style (``theta[1]``)."""
+        """Names of the flattened model-space quantities, 0-based as in ArviZ (``theta[0]``)."""
         return self._flat_names(jax.eval_shape(self.to_model, jax.ShapeDtypeStruct((self.dim,), jnp.float32)))
 
     def _flat_names(self, shapes) -> tuple[str, ...]:
@@ -98,15 +98,16 @@ class Target:
 
 
 def flat_names(name: str, shape: tuple[int, ...]) -> list[str]:
-    """Stan-style flat names of an array quantity: ``theta[1]``, ``theta[2,1]``... (1-based)."""
+    """Flat names of an array quantity, 0-based as ArviZ numbers its coordinates:
+    ``theta[0]``, ``theta[1,0]``... (a scalar keeps its name)."""
     if len(shape) == 0:
         return [name]
-    idx = np.stack(np.unravel_index(np.arange(int(np.prod(shape))), shape), axis=1) + 1
+    idx = np.stack(np.unravel_index(np.arange(int(np.prod(shape))), shape), axis=1)
     return [f"{name}[{','.join(str(int(i)) for i in row)}]" for row in idx]
 
 
 def flatten_draws(draws: Mapping[str, Array]) -> dict[str, np.ndarray]:
-    """``{name: (n, *shape)}`` -> ``{flat_name: (n,)}`` (Stan-style names, 1-based)."""
+    """``{name: (n, *shape)}`` -> ``{flat_name: (n,)}`` (names 0-based, as in ArviZ: ``theta[0]``)."""
     out: dict[str, np.ndarray] = {}
     for k, v in draws.items():
         v = np.asarray(v)

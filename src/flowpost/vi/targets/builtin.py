@@ -78,7 +78,7 @@ def energy(name: str) -> Target:
         log_prob=lambda z: -_energy(name, z[0], z[1], jnp),
         dim=2,
         constrain=lambda z: {"z": z},
-        names=("z[1]", "z[2]"),
+        names=("z[0]", "z[1]"),
         log_z=energy_log_z(name),
         name=name,
     )

@@ -66,19 +66,30 @@ def _reference(name: str) -> dict[str, np.ndarray]:
 
     with zipfile.ZipFile(data.path(f"posteriordb/draws/{name}.json.zip")) as z:
         chains = json.loads(z.read(z.namelist()[0]))
-    out = {k: np.concatenate([np.asarray(c[k], np.float64) for c in chains]) for k in chains[0]}
+    out = {_zero_based(k): np.concatenate([np.asarray(c[k], np.float64) for c in chains]) for k in chains[0]}
     for v in out.values():
         v.flags.writeable = False
     return out
 
 
+def _zero_based(key: str) -> str:
+    """posteriordb's (Stan's) 1-based flat name -> ArviZ's 0-based one: ``theta[1]`` -> ``theta[0]``."""
+    if not key.endswith("]") or "[" not in key:
+        return key
+    name, idx = key[:-1].split("[", 1)
+    return f"{name}[{','.join(str(int(i) - 1) for i in idx.split(','))}]"
+
+
 def load_reference(name: str) -> dict[str, np.ndarray]:
-    """Pooled reference draws of a posterior: flat Stan name -> (10000,) float64 (read-only)."""
+    """Pooled reference draws of a posterior: flat name -> (10000,) float64 (read-only).
+
+    Names are 0-based as everywhere in flowpost and ArviZ (``theta[0]`` is posteriordb's
+    ``theta[1]``)."""
     return dict(_reference(_canonical(name)))
 
 
 def _stack(draws: Mapping, name: str, n: int) -> np.ndarray:
-    return np.stack([np.asarray(draws[f"{name}[{i}]"], np.float64) for i in range(1, n + 1)], -1)
+    return np.stack([np.asarray(draws[f"{name}[{i}]"], np.float64) for i in range(n)], -1)
 
 
 def _col(draws: Mapping, name: str) -> np.ndarray:
@@ -315,7 +326,7 @@ def _canonical(name: str) -> str:
 
 
 def unconstrain(name: str, draws: Mapping[str, np.ndarray], dtype=None) -> np.ndarray:
-    """Reference-style draws (flat Stan name -> (n,)) -> unconstrained u, shape (n, dim), float64.
+    """Reference-style draws (flat 0-based name -> (n,)) -> unconstrained u, shape (n, dim), float64.
 
     ``dtype``: the precision the target will be evaluated in (default: JAX's default float);
     it matters only for gp_pois_regr, whose Cholesky jitter is larger in float32.
