@@ -28,9 +28,11 @@ class StandardNormal(eqx.Module):
     dim: int = eqx.field(static=True)
 
     def log_prob(self, z):
+        """``log p(z)`` summed over the last axis: ``z (..., dim)`` -> ``(...)``."""
         return -0.5 * jnp.sum(z**2, -1) - 0.5 * self.dim * math.log(2 * math.pi)
 
     def sample(self, key, shape=()):
+        """Draws of shape ``(*shape, dim)``."""
         return jax.random.normal(key, (*shape, self.dim))
 
 
@@ -42,11 +44,11 @@ class StudentT(eqx.Module):
     Sampling is exact: ``t = z / sqrt(c / df)`` with ``z ~ N(0, 1)`` and ``c ~ chi^2(df)``.
     For an integer ``df`` up to 30, ``c = -2 sum_{i <= df/2} log u_i`` (a chi^2 with 2
     degrees of freedom is an exponential with mean 2), plus one squared normal when ``df``
-    is odd: no rejection loop, and 6x cheaper than summing ``df`` squared normals (256 x
-    200 draws at ``df = 10``: 0.76 vs 4.8 ms on CPU). Otherwise ``c`` comes from
-    :func:`jax.random.gamma`. ``df`` is not trained: the reparameterised gradient of
-    a t draw with respect to ``df`` needs the gamma sampler's implicit derivative, which
-    made a VI step 3.6x slower for no measured gain.
+    is odd: no rejection loop, and much cheaper than summing ``df`` squared normals.
+    Otherwise ``c`` comes from :func:`jax.random.gamma`. ``df`` is not trained: the
+    reparameterised gradient of a t draw with respect to ``df`` needs the gamma sampler's
+    implicit derivative, which makes a VI step several times slower (measurements: the
+    speed benchmark page).
     """
 
     dim: int = eqx.field(static=True)
@@ -59,11 +61,13 @@ class StudentT(eqx.Module):
         self.dim, self.df = dim, float(df)
 
     def log_prob(self, z):
+        """``log p(z)`` summed over the last axis: ``z (..., dim)`` -> ``(...)``."""
         nu = self.df
         c = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
         return jnp.sum(c - (nu + 1) / 2 * jnp.log1p(z**2 / nu), -1)
 
     def sample(self, key, shape=()):
+        """Draws of shape ``(*shape, dim)``."""
         kz, kc = jax.random.split(key)
         shape = (*shape, self.dim)
         z = jax.random.normal(kz, shape)

@@ -47,10 +47,12 @@ class Affine:
         return shift[..., 0], _positive(raw[..., 0], self.min_scale)
 
     def forward(self, params, x):
+        """``y = f(x; params)`` elementwise, with ``log|dy/dx|`` per element."""
         shift, scale = self._shift_scale(params)
         return x * scale + shift, jnp.log(scale)
 
     def inverse(self, params, y):
+        """``x = f^{-1}(y; params)`` elementwise, with ``log|dx/dy|`` per element."""
         shift, scale = self._shift_scale(params)
         return (y - shift) / scale, -jnp.log(scale)
 
@@ -112,6 +114,7 @@ class RationalQuadraticSpline:
         return x0, x1 - x0, y0, y1 - y0, t(d, idx), t(d, idx + 1)
 
     def forward(self, params, x):
+        """``y = f(x; params)`` elementwise, with ``log|dy/dx|`` per element."""
         inside = jnp.abs(x) < self.bound
         xc = jnp.clip(x, -self.bound, self.bound)
         x0, w, y0, h, d0, d1 = self._gather(params, xc, on_x=True)
@@ -124,6 +127,7 @@ class RationalQuadraticSpline:
         return jnp.where(inside, y, x), jnp.where(inside, jnp.log(dy), 0.0)
 
     def inverse(self, params, y):
+        """``x = f^{-1}(y; params)`` elementwise, with ``log|dx/dy|`` per element."""
         inside = jnp.abs(y) < self.bound
         yc = jnp.clip(y, -self.bound, self.bound)
         x0, w, y0, h, d0, d1 = self._gather(params, yc, on_x=False)

@@ -169,8 +169,9 @@ def make(family: str | F.Flow, model: BNN, *, key=None, init_scale: float = 1e-2
         init_scale: the initial posterior standard deviation of every coordinate.
         rank: rank of the low-rank part (default 0 for meanfield/blockflow/subspace,
             8 for ``"lowrank"``, 2 for ``"flow"``).
-        layers, hidden: the RealNVP's couplings and conditioner widths (default 4 and
-            (32, 32); for ``"blockflow"`` 2 and (16,): it runs once per block).
+        layers: the RealNVP's couplings (default 4; 2 for ``"blockflow"``, which runs it
+            once per block).
+        hidden: the RealNVP's conditioner widths (default (32, 32); (16,) for ``"blockflow"``).
         block: block size of ``"blockflow"``.
         index: coordinates of ``"subspace"`` (default :func:`last_layer_index`).
     """

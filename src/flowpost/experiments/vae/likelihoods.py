@@ -27,22 +27,30 @@ from .data import check_binary
 
 @dataclasses.dataclass(frozen=True)
 class Bernoulli:
+    """Binary pixels: ``x ~ Bernoulli(sigmoid(logit))``, one logit per pixel."""
+
     n_params: int = 1
 
     def log_prob(self, x, params):
+        """``log p(x | params)`` of one image ``x (D,)``, decoder output ``params (D, n_params)``."""
         logits = params[:, 0]
         # x log sigmoid(l) + (1 - x) log sigmoid(-l) = x l - softplus(l)
         return jnp.sum(x * logits - softplus(logits))
 
     def mean(self, params):
+        """The mean of ``p(x | params)`` per pixel, ``(D,)``."""
         return jax.nn.sigmoid(params[:, 0])
 
     def check(self, x, name="x"):
+        """Raise ``ValueError`` unless the images ``x`` are valid data for this decoder."""
         check_binary(x, name)
 
 
 @dataclasses.dataclass(frozen=True)
 class DiscretizedLogistic:
+    """Grey levels ``k / (levels - 1)``: a logistic with mean in (0, 1) and a log-scale per
+    pixel, integrated over each level's bin (edge bins take the tails; Salimans et al. 2017)."""
+
     levels: int = 256
     min_log_scale: float = -7.0
     n_params: int = 2
@@ -52,6 +60,7 @@ class DiscretizedLogistic:
         return mu, jnp.maximum(params[:, 1], self.min_log_scale)
 
     def log_prob(self, x, params):
+        """``log p(x | params)`` of one image ``x (D,)``, decoder output ``params (D, n_params)``."""
         mu, log_s = self._mu_log_s(params)
         half = 0.5 / (self.levels - 1)
         inv_s = jnp.exp(-log_s)
@@ -70,9 +79,11 @@ class DiscretizedLogistic:
         return jnp.sum(lp)
 
     def mean(self, params):
+        """The mean of ``p(x | params)`` per pixel, ``(D,)``."""
         return self._mu_log_s(params)[0]
 
     def check(self, x, name="x"):
+        """Raise ``ValueError`` unless the images ``x`` are valid data for this decoder."""
         x = np.asarray(x)
         if not np.all(np.isfinite(x)):  # comparisons with NaN are all False: check first
             raise ValueError(f"`{name}`: images hold {int(np.sum(~np.isfinite(x)))} non-finite value(s)")
@@ -84,18 +95,23 @@ class DiscretizedLogistic:
 
 @dataclasses.dataclass(frozen=True)
 class Gaussian:
+    """Real-valued pixels: ``x ~ N(mu, s^2)``, ``log s`` fixed (``log_scale``) or per pixel."""
+
     log_scale: float | None = None  # None: the decoder outputs log s per pixel
     n_params: int = 2
 
     def log_prob(self, x, params):
+        """``log p(x | params)`` of one image ``x (D,)``, decoder output ``params (D, n_params)``."""
         mu = params[:, 0]
         log_s = params[:, 1] if self.log_scale is None else jnp.full_like(mu, self.log_scale)
         return jnp.sum(-0.5 * ((x - mu) * jnp.exp(-log_s)) ** 2 - log_s - 0.5 * math.log(2 * math.pi))
 
     def mean(self, params):
+        """The mean of ``p(x | params)`` per pixel, ``(D,)``."""
         return params[:, 0]
 
     def check(self, x, name="x"):
+        """Raise ``ValueError`` unless the images ``x`` are valid data for this decoder."""
         if not np.all(np.isfinite(np.asarray(x))):
             raise ValueError(f"`{name}`: images hold non-finite values")
 
@@ -104,6 +120,7 @@ LIKELIHOODS = {"bernoulli": Bernoulli, "logistic": DiscretizedLogistic, "gaussia
 
 
 def get(name: str):
+    """The decoder likelihood named ``name`` (``bernoulli``, ``logistic``, ``gaussian``) with its defaults."""
     if name not in LIKELIHOODS:
         raise ValueError(f"`likelihood` must be one of {tuple(LIKELIHOODS)}, got {name!r}")
     return LIKELIHOODS[name]()

@@ -105,12 +105,14 @@ class VAEConfig:
             (k, tuple(v) if isinstance(v, list) else v) for k, v in dict(self.flow_options).items())))
 
     def to_dict(self) -> dict:
+        """The configuration as plain JSON-able data (saved in checkpoints)."""
         d = dataclasses.asdict(self)
         d["flow_options"] = dict(self.flow_options)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> VAEConfig:
+        """The inverse of :meth:`to_dict`."""
         return cls(**{**d, "flow_options": tuple(dict(d.get("flow_options", {})).items())})
 
 

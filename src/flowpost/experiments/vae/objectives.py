@@ -24,6 +24,8 @@ def log_weights(model, x, key, k: int):
 
 
 def elbo(model, x, key, beta=1.0):
+    """The ELBO with KL weight ``beta``: ``(loss, bound)``, the loss (mean over the batch, to minimise) and
+    the per-image bound with ``beta = 1`` ``(B,)``."""
     lpx, lpz, lq = log_weights(model, x, key, 1)
     bound = (lpx + lpz - lq)[:, 0]
     loss = -jnp.mean(lpx[:, 0] - beta * (lq[:, 0] - lpz[:, 0]))
@@ -31,6 +33,7 @@ def elbo(model, x, key, beta=1.0):
 
 
 def iwae(model, x, key, k: int = 5):
+    """The IWAE bound with ``k`` samples (Burda et al. 2015): ``(loss, bound)`` as for :func:`elbo`."""
     lpx, lpz, lq = log_weights(model, x, key, k)
     bound = jax.nn.logsumexp(lpx + lpz - lq, axis=1) - math.log(k)
     return -jnp.mean(bound), bound
