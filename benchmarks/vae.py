@@ -29,7 +29,7 @@ import numpy as np
 from _common import machine_info, write_json  # noqa: E402
 
 import flowpost as fp  # noqa: E402
-from flowpost.experiments.vae.train import run_epoch, TrainState  # noqa: E402
+from flowpost.experiments.vae.train import epoch_runner  # noqa: E402
 
 PUBLISHED = {"none": 86.55, "planar": 86.06, "iaf": 84.20, "sylvester-o": 83.32}
 
@@ -69,20 +69,31 @@ def seconds_per_epoch(result):
     return result.seconds_per_epoch
 
 
-def time_epochs(config, data, epochs):
-    """Median seconds of ``epochs`` epochs of fp.vae's jitted epoch (after a compiling one)."""
-    model = fp.vae.make_vae(config.model, jax.random.key(0))
+def epoch_fn(config, data):
+    """``(state, one)``: an engine state of ``config``'s VAE and ``one(state) -> (state, loss)``,
+    one jitted epoch of fp.vae's training (ELBO, KL weight 1, Adam 5e-4, batch 100)."""
     import equinox as eqx
     import optax
 
+    model = fp.vae.make_vae(config.model, jax.random.key(0))
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    state = TrainState(params, optax.adam(5e-4).init(params), jax.random.key_data(jax.random.key(1)))
+    opt = optax.adam(5e-4)
+    plain, _ = epoch_runner(static, "elbo", 1, 100, len(data.train), 0, opt)
     x = jnp.asarray(data.train)
 
     def one(state):
-        s, loss, _ = run_epoch(state, static, x, jnp.float32(1.0), jnp.float32(5e-4), "elbo", 1, 100)
-        jax.block_until_ready(loss)
-        return s
+        state, info = plain(state, 1, x)
+        return state, float(info.loss[-1])
+
+    return fp.engine.init(params, opt, jax.random.key(1)), one
+
+
+def time_epochs(config, data, epochs):
+    """Median seconds of ``epochs`` epochs of fp.vae's jitted epoch (after a compiling one)."""
+    state, epoch = epoch_fn(config, data)
+
+    def one(state):
+        return epoch(state)[0]
 
     t0 = time.perf_counter()
     state = one(state)
@@ -103,13 +114,7 @@ def torch_comparison(data, repeats, threads):
 
     device = "cuda" if (torch.cuda.is_available() and jax.default_backend() == "gpu") else "cpu"
     cfg = fp.vae.TrainConfig(model=fp.vae.VAEConfig(flow="planar", arch="mlp"))
-    model = fp.vae.make_vae(cfg.model, jax.random.key(0))
-    import equinox as eqx
-    import optax
-
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    state = TrainState(params, optax.adam(5e-4).init(params), jax.random.key_data(jax.random.key(1)))
-    x = jnp.asarray(data.train)
+    state, epoch = epoch_fn(cfg, data)
     tm, opt = vae_torch.make(threads=threads)
     tm = tm.to(device)
     tx = torch.from_numpy(np.asarray(data.train)).to(device)
@@ -117,8 +122,8 @@ def torch_comparison(data, repeats, threads):
 
     def jax_epoch():
         nonlocal state
-        state, loss, _ = run_epoch(state, static, x, jnp.float32(1.0), jnp.float32(5e-4), "elbo", 1, 100)
-        return float(loss)
+        state, loss = epoch(state)
+        return loss
 
     def torch_epoch():
         loss = vae_torch.epoch(tm, opt, tx, 1.0, 100, gen)

@@ -1,22 +1,19 @@
 """The ``flowpost`` command: a thin layer over the library (every action is one call a
-user can also make from Python)."""
+user can also make from Python).
+
+Nothing heavy is imported here: JAX, the library and rich load inside the command that
+needs them, so ``flowpost --help`` answers at once."""
 
 from __future__ import annotations
 
 import pathlib
-import warnings
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .._checks import USER_ERRORS, out_folder
-from .._io import write_json
+from . import _ui
 from .bnn import app as bnn_app
 from .vae import app as vae_app
-
-warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 app = typer.Typer(
     help="flowpost: posteriors by normalizing-flow variational inference, in JAX.\n\n"
@@ -25,7 +22,6 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False)
 app.add_typer(vae_app, name="vae")
 app.add_typer(bnn_app, name="bnn")
-console = Console()
 
 
 @app.command()
@@ -33,13 +29,9 @@ def targets():
     """List the built-in targets (toy densities, German credit, posteriordb posteriors)."""
     from ..vi import targets as T
 
-    table = Table(title="built-in targets (`flowpost fit NAME`)")
-    table.add_column("name")
-    table.add_column("alias")
     aliases = {v: k for k, v in T.aliases().items()}
-    for n in T.names():
-        table.add_row(n, aliases.get(n, ""))
-    console.print(table)
+    _ui.table("built-in targets (`flowpost fit NAME`)", ("name", "alias"),
+              [(n, aliases.get(n, "")) for n in T.names()], left=(0, 1))
 
 
 @app.command()
@@ -59,14 +51,18 @@ def fit(
     Prints a summary table (mean, sd, quantiles per quantity; k-hat, ESS). With --out,
     writes summary.json, loss.png, pairs.png, posterior.nc and the saved result (load it
     with flowpost.load(OUT))."""
+    import warnings
+
     import jax
     import numpy as np
 
     import flowpost as fp
-    from ..vi import plots
 
+    from .._checks import USER_ERRORS, out_folder
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
     if draws < 10:
-        console.print(f"[red]error:[/red] --draws must be at least 10 (PSIS needs a tail), got {draws}")
+        _ui.error(f"--draws must be at least 10 (PSIS needs a tail), got {draws}")
         raise typer.Exit(2)
     try:
         t = fp.targets.get(target)
@@ -74,32 +70,35 @@ def fit(
         result = fp.fit(t, family=family, objective=objective, steps=steps, num_samples=num_samples,
                         learning_rate=learning_rate, key=jax.random.key(seed))
     except USER_ERRORS as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+        _ui.error(e)
+        raise typer.Exit(2) from None
     key = jax.random.key(seed + 1)
     diag = result.diagnostics(key, n=draws)
     summary = result.summary(key, n=draws)
     ref = result.compare_reference(key) if t.reference else None
 
-    table = Table(title=f"{t.name}: {family} / {objective}, {result.steps} steps, {result.seconds:.1f} s")
-    for col in ("quantity", "mean", "sd", "5%", "50%", "95%") + (("ref mean", "ref sd") if t.reference else ()):
-        table.add_column(col, justify="right" if col != "quantity" else "left")
+    columns = ("quantity", "mean", "sd", "5%", "50%", "95%") + (("ref mean", "ref sd") if t.reference else ())
+    rows = []
     for name, s in summary.items():
         row = [name] + [f"{s[k]:.3g}" for k in ("mean", "sd", "q5", "q50", "q95")]
-        if t.reference and name in t.reference:
-            row += [f"{np.mean(t.reference[name]):.3g}", f"{np.std(t.reference[name]):.3g}"]
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"ELBO {diag['elbo']:.3f} ± {diag['elbo_se']:.3f}   PSIS k-hat {diag['khat']:.2f}   "
-                  f"ESS {diag['ess']:.0f}/{draws}   converged: {diag['converged']}   ({result.message})")
+        if t.reference:
+            have = name in t.reference
+            row += ([f"{np.mean(t.reference[name]):.3g}", f"{np.std(t.reference[name]):.3g}"] if have else ["", ""])
+        rows.append(row)
+    _ui.table(f"{t.name}: {family} / {objective}, {result.steps} steps, {result.seconds:.1f} s", columns, rows)
+    _ui.say(f"ELBO {diag['elbo']:.3f} ± {diag['elbo_se']:.3f}   PSIS k-hat {diag['khat']:.2f}   "
+            f"ESS {diag['ess']:.0f}/{draws}   converged: {diag['converged']}   ({result.message})")
     if diag["start"]:
-        console.print(f"start: {diag['start']}")
+        _ui.say(f"start: {diag['start']}")
     if ref:
-        console.print(f"vs reference: worst |z| {ref['max_abs_z']:.3f} ({ref['worst_mean']}), "
-                      f"worst |log sd ratio| {ref['max_abs_log_sd']:.3f} ({ref['worst_sd']})")
+        _ui.say(f"vs reference: worst |z| {ref['max_abs_z']:.3f} ({ref['worst_mean']}), "
+                f"worst |log sd ratio| {ref['max_abs_log_sd']:.3f} ({ref['worst_sd']})")
     for w in diag["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        _ui.warn(w)
     if out is not None:
+        from ..engine.checkpoint import write_json
+        from ..vi import plots
+
         result.save(out)
         plots.loss_curve(result.trace, out / "loss.png", title=f"{t.name} ({family}, {objective})")
         flat = fp.vi.flatten_draws(result.sample(key, draws))
@@ -107,7 +106,10 @@ def fit(
         payload = {"target": t.name, "family": family, "objective": objective, "steps": result.steps,
                    "seconds": result.seconds, "diagnostics": diag, "summary": summary, "reference": ref}
         write_json(out / "summary.json", payload)
-        console.print(f"wrote {out}/summary.json, loss.png, pairs.png, posterior.nc, q.eqx")
+        _ui.say(f"wrote {out}/summary.json, loss.png, pairs.png, posterior.nc, q.eqx")
+        if len(flat) > plots.PAIR_MAX:
+            _ui.say(f"pairs.png shows the first {plots.PAIR_MAX} of {len(flat)} quantities "
+                    "(all of them are in summary.json and posterior.nc)")
 
 
 def main():  # pragma: no cover

@@ -6,7 +6,8 @@ This layer knows nothing of VAEs or of the command line.
 from . import families, objectives, targets
 from .fit import FitState, default_optimizer, fit, flat_params, freeze_nonfinite, make_step
 from .init import laplace
-from .result import FitResult, compare, load, psis
+from .diagnostics import compare, psis
+from .result import FitResult, load
 from .target import Target, flatten_draws
 
 __all__ = ["Target", "targets", "families", "objectives", "fit", "FitResult", "FitState", "make_step",

@@ -1,138 +1,73 @@
-"""The fit loop: pure, jitted steps over a :class:`FitState`, run in ``lax.scan`` chunks.
+"""``fp.fit``: a variational posterior for a :class:`~flowpost.vi.target.Target`.
 
-    state = init(params, optimizer, key)
-    state, trace = run_chunk(state, length)      # `length` steps in one compiled call
+The optimisation runs on :mod:`flowpost.engine` (pure steps over a state, ``lax.scan``
+chunks, one rule on non-finite values, Ctrl-C); this module supplies the VI parts: the
+starting point (mode + Laplace), the family, the objective, and the stopping rule.
 
-:func:`fit` wraps this with the starting point (mode + Laplace), a rich progress bar, a
-convergence check, and the guarantees a user needs: a non-finite loss freezes the state
-at the last finite step and stops the run with a message naming that step; Ctrl-C
-returns what was trained so far.
+    params, build = flat_params(q)                       # trainable arrays, q = build(params)
+    step = make_step(build, objective, log_p, optimizer, num_samples)
 """
 
 from __future__ import annotations
 
-import time
 import warnings
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 
+from .. import engine
+from .. import flows as F
 from .._checks import as_ints, check_positive
-from .._progress import ProgressBar
+from ..engine import ProgressBar, Status, default_optimizer
+from ..engine import TrainState as FitState
+from ..engine import as_key as _as_key
+from ..engine import guard as freeze_nonfinite
 from . import families, objectives
 from .init import laplace, standard_start
 from .target import Target
 
-
-class FitState(NamedTuple):
-    params: Any  # the family's trainable arrays
-    opt_state: Any
-    key: jax.Array
-    step: jax.Array  # steps taken (int)
-    failed_at: jax.Array  # first step whose loss, gradient or update was not finite, else -1
-
-    @classmethod
-    def init(cls, params, optimizer: optax.GradientTransformation, key) -> "FitState":
-        """Step 0. The counters are strongly typed int32: weak-typed ones change type after
-        the first step, and the chunk function would compile again."""
-        return cls(params, optimizer.init(params), key, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+__all__ = ["fit", "make_step", "flat_params", "freeze_nonfinite", "FitState", "Trace", "default_optimizer"]
 
 
 class Trace(NamedTuple):
     """Per step: the loss and ELBO estimate at the parameters before the step, the norm of
-    their gradient and the norm of the optimiser's update (finite exactly when the new
-    parameters are, given finite old ones)."""
+    their gradient and the norm of the optimiser's update."""
 
-    loss: jax.Array
-    elbo: jax.Array
-    grad_norm: jax.Array
-    update_norm: jax.Array
+    loss: np.ndarray
+    elbo: np.ndarray
+    grad_norm: np.ndarray
+    update_norm: np.ndarray
 
-
-def default_optimizer(steps: int, learning_rate: float = 5e-3) -> optax.GradientTransformation:
-    """Adam with a short warm-up, cosine decay to 1% and global-norm clipping at 10."""
-    warmup = min(100, max(steps // 10, 1))
-    schedule = optax.warmup_cosine_decay_schedule(learning_rate / 10, learning_rate, warmup,
-                                                  max(steps, warmup + 1), learning_rate / 100)
-    return optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
-
-
-def _as_key(key):
-    if key is None:
-        raise TypeError("fit: pass an explicit PRNG key, e.g. key=jax.random.key(0)")
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if key.shape == (2,) and key.dtype == jnp.uint32:
-        return jax.random.wrap_key_data(key)
-    raise TypeError(f"fit: `key` must be a jax.random.key or PRNGKey, got {key!r}")
+    @classmethod
+    def of(cls, info: engine.Info | None) -> "Trace":
+        """From the engine's per-step :class:`~flowpost.engine.Info` (``aux`` is the ELBO)."""
+        if info is None:
+            return cls(*(np.zeros(0) for _ in cls._fields))
+        return cls(info.loss, info.aux, info.grad_norm, info.update_norm)
 
 
 def flat_params(q):
     """``(params, build)``: ``q``'s trainable arrays as ONE vector, and ``build(params) -> q``.
 
-    The optimiser then updates one array instead of one per leaf (fewer ops per step, and
-    a program that compiles 20-25% faster); ``build`` is cheap slicing inside the jit."""
-    params, static = eqx.partition(q, eqx.is_inexact_array)
-    flat, unravel = ravel_pytree(params)
-    return flat, lambda p: eqx.combine(unravel(p), static)
+    Arrays inside :class:`flowpost.flows.Frozen` layers (the Laplace whitening) are not
+    trainable: they stay in ``build``'s closure and never reach the optimiser."""
+    params, rest, combine = engine.partition(q, frozen=lambda node: isinstance(node, F.Frozen))
+    return params, lambda p: combine(p, rest)
 
 
 def make_step(build, objective, log_p, optimizer, num_samples):
-    """One optimisation step ``(state, _) -> (state, Trace)``.
+    """One unguarded optimisation step ``(state, _) -> (state, Info)`` of ``objective``
+    (``(q, log_p, key, n) -> (loss, elbo)``) for the family ``build(state.params)``; the
+    engine's driver applies the rule on non-finite values, and :func:`freeze_nonfinite`
+    is the per-step guard."""
 
-    ``build(state.params)`` is the variational family (see :func:`flat_params`). The step
-    has no guard: a non-finite loss, gradient or update poisons the parameters. :func:`fit` checks
-    each chunk's trace and, on a non-finite entry, re-runs that chunk from its start up to
-    the last finite step (free when nothing fails); :func:`freeze_nonfinite` is the per-step
-    guard for loops that cannot re-run (e.g. many fits ``vmap``-ed together)."""
-
-    def loss_fn(params, key):
+    def loss_fn(params, key, batch, step):
         return objective(build(params), log_p, key, num_samples)
 
-    def step(state: FitState, _):
-        key, sub = jax.random.split(state.key)
-        (loss, elbo), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, sub)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new = FitState(optax.apply_updates(state.params, updates), opt_state, key, state.step + 1, state.failed_at)
-        return new, Trace(loss, elbo, optax.tree.norm(grads), optax.tree.norm(updates))
-
-    return step
-
-
-def freeze_nonfinite(step):
-    """``step`` guarded per step: once a loss, gradient or update is not finite, parameters and
-    optimiser state stay at the last finite step, ``failed_at`` records the step and
-    ``step`` stops counting. About 15% slower per step on small problems (a ``where`` per
-    state leaf), hence not used by :func:`fit`, which recovers per chunk instead."""
-
-    def guarded(state: FitState, x):
-        new, tr = step(state, x)
-        ok = _finite(tr, jnp) & (state.failed_at < 0)
-        keep = lambda a, b: jax.tree.map(lambda u, v: jnp.where(ok, u, v), a, b)  # noqa: E731
-        failed_at = jnp.where((state.failed_at < 0) & ~ok, state.step, state.failed_at)
-        return FitState(keep(new.params, state.params), keep(new.opt_state, state.opt_state), new.key,
-                        state.step + ok.astype(state.step.dtype), failed_at), tr
-
-    return guarded
-
-
-def _finite(trace: Trace, xp):
-    """Whether each step of ``trace`` succeeded: its loss, gradient and update are finite
-    (a finite loss and gradient can still give non-finite parameters, e.g. through a
-    non-finite learning rate or an overflowing update)."""
-    return xp.isfinite(trace.loss) & xp.isfinite(trace.grad_norm) & xp.isfinite(trace.update_norm)
-
-
-def first_nonfinite(trace: Trace) -> int | None:
-    """Index of the first step of ``trace`` whose loss, gradient or update is not finite."""
-    bad = np.flatnonzero(~_finite(trace, np))
-    return int(bad[0]) if bad.size else None
+    return engine.make_step(loss_fn, optimizer)
 
 
 def _check_target(target, key):
@@ -196,12 +131,10 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
             ``"meanfield"``, ``"fullrank"``, or any :class:`flowpost.flows.Flow`.
         objective: ``"elbo"`` (STL), ``"iwelbo"`` (DReG), ``"renyi"``, ``"fkl"``.
         steps: optimisation steps.
-        num_samples: draws per step. The defaults (256 draws, peak rate 5e-3, 3,000 steps)
-            are the smallest batch that fitted all eight posteriordb references at one
-            setting: at 16/32/64/128 draws gp_pois_regr's |log sd| was .22/.14/.11/.08-.10
-            (gradient noise, not the flow, was what held it back). A costly
-            ``log_prob`` may want fewer draws and more steps.
-        optimizer: an optax transformation (default :func:`default_optimizer`).
+        num_samples: draws per step (the guide, ``docs/guide.md``, says how the defaults
+            were chosen). A costly ``log_prob`` may want fewer draws and more steps.
+        optimizer: an optax transformation (default
+            :func:`~flowpost.engine.default_optimizer`); it sees only the trainable arrays.
         learning_rate: for the default optimizer.
         key: PRNG key (required).
         init: ``"laplace"`` (mode by L-BFGS + Laplace covariance; if the first step from it
@@ -215,7 +148,7 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
         progress: show a progress bar.
 
     Returns:
-        :class:`flowpost.vi.result.FitResult`.
+        :class:`flowpost.vi.result.FitResult`; its ``status`` says how the run ended.
     """
     from .result import FitResult
 
@@ -242,59 +175,51 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
 
     optimizer = optimizer or default_optimizer(steps, learning_rate)
     params, build = flat_params(q)
-    state = FitState.init(params, optimizer, k_run)
-    log_p = jax.vmap(log_prob)
-    step = make_step(build, obj, log_p, optimizer, num_samples)
-
-    @eqx.filter_jit
-    def run_chunk(state, length):
-        return jax.lax.scan(step, state, None, length=length)
-
-    traces, message, t0, restarted = [], "completed", time.perf_counter(), False
-    done, prev = 0, None
+    chunks = engine.runner(engine.scan_chunks, make_step(build, obj, jax.vmap(log_prob), optimizer, num_samples))
     bar = ProgressBar(steps, f"fit {target.name}", {"elbo": "ELBO"}, enabled=progress)
-    try:
-        with bar:
-            while done < steps:
-                n = min(chunk, steps - done)
-                start_state = state
-                state, tr = run_chunk(state, n)
-                tr = jax.tree.map(np.asarray, tr)
-                bad = first_nonfinite(tr)
-                if (bad == 0 and done == 0 and start is not None and not restarted
-                        and not (np.isfinite(tr.loss[0]) and np.isfinite(tr.grad_norm[0]))):
-                    # a Laplace start that cannot train (no mode, e.g. a funnel's neck: its draws'
-                    # loss or gradient is not finite): from N(0, I) instead; same structure, so
-                    # the compiled chunk serves. (A finite loss and gradient with a non-finite
-                    # update is the optimiser's doing, e.g. an absurd learning rate: keep the start.)
-                    start, restarted = standard_start(start), True
-                    q = families.make(family, target.dim, start.mode, start.chol, key=k_init)
-                    state = FitState.init(flat_params(q)[0], optimizer, k_run)
-                    continue
-                if bad is not None:  # re-run the chunk up to its last finite step
-                    state = run_chunk(start_state, bad)[0] if bad else start_state
-                    traces.append(jax.tree.map(lambda a: a[:bad], tr))
-                    failed = done + bad
-                    message = (f"stopped: the loss, its gradient or the update was not finite at step {failed}; "
-                               + (f"kept the state after the {failed} steps before it (the last finite one)"
-                                  if failed else "kept the initial state"))
-                    break
-                traces.append(tr)
-                done += n
-                cur = float(np.mean(tr.elbo))
-                bar.update(done, elbo=f"{cur:.4g}")
-                if tol is not None and prev is not None and done >= 5 * chunk:
-                    if abs(cur - prev) < tol:
-                        message = f"converged at step {done} (ELBO change {abs(cur - prev):.2g} < tol {tol})"
-                        break
-                prev = cur
-    except KeyboardInterrupt:
-        message = f"interrupted by the user after {done} steps; the state of step {int(state.step)} is kept"
-    if message.startswith(("stopped", "interrupted")):
+    with bar:
+        out = _run(chunks, FitState.init(params, optimizer, k_run), steps, chunk, tol, bar)
+        if (out.status == Status.NONFINITE and out.done == 0 and start is not None
+                and not (np.isfinite(out.failed_info.loss) and np.isfinite(out.failed_info.grad_norm))):
+            # a Laplace start that cannot train (no mode, e.g. a funnel's neck: its draws' loss
+            # or gradient is not finite): from N(0, I) instead; same structure, so the compiled
+            # chunks serve. (A finite loss and gradient with a non-finite update is the
+            # optimiser's doing, e.g. an absurd learning rate: keep the start.)
+            start = standard_start(start)
+            q = families.make(family, target.dim, start.mode, start.chol, key=k_init)
+            out = _run(chunks, FitState.init(flat_params(q)[0], optimizer, k_run), steps, chunk, tol, bar)
+    message = _message(out, tol, chunk)
+    if out.status in (Status.NONFINITE, Status.INTERRUPTED):
         warnings.warn(f"fit: {message}", RuntimeWarning, stacklevel=2)
-    trace = Trace(*(np.concatenate([getattr(t, f) for t in traces]) if traces else np.zeros(0)
-                    for f in Trace._fields))
-    q = build(state.params)
-    return FitResult(q=q, target=target, trace=trace, steps=int(state.step), message=message,
-                     seconds=time.perf_counter() - t0, family=family if isinstance(family, str) else "custom",
-                     objective=objective if isinstance(objective, str) else "custom", start=start)
+    return FitResult(q=build(out.state.params), target=target, trace=Trace.of(out.info), steps=int(out.state.step),
+                     message=message, seconds=out.seconds, family=family if isinstance(family, str) else "custom",
+                     objective=objective if isinstance(objective, str) else "custom", start=start, status=out.status)
+
+
+def _run(chunks, state, steps, chunk, tol, bar):
+    """The engine's driver with the ``tol`` rule: stop once the mean ELBO of a chunk moves
+    less than ``tol`` from the chunk before (after at least 5 chunks)."""
+    prev = []
+
+    def on_chunk(state, info, done):
+        cur = float(np.mean(info.aux))
+        stop = tol is not None and prev and done >= 5 * chunk and abs(cur - prev[-1]) < tol
+        prev.append(cur)
+        return Status.EARLY_STOP if stop else None
+
+    return engine.run(chunks, state, steps, chunk=chunk, on_chunk=on_chunk, progress=bar,
+                      show=lambda info: {"elbo": f"{float(np.mean(info.aux)):.4g}"})
+
+
+def _message(out: engine.Outcome, tol, chunk) -> str:
+    """How the run ended, in words (a step number where it matters)."""
+    if out.status == Status.NONFINITE:
+        failed = out.failed[0]
+        return (f"stopped: the loss, its gradient or the update was not finite at step {failed}; "
+                + (f"kept the state after the {failed} steps before it (the last finite one)" if failed
+                   else "kept the initial state"))
+    if out.status == Status.INTERRUPTED:
+        return f"interrupted by the user after {out.done} steps; the state of step {int(out.state.step)} is kept"
+    if out.status == Status.EARLY_STOP:
+        return f"converged at step {out.done} (ELBO change < tol {tol} between chunks of {chunk} steps)"
+    return "completed"

@@ -1,20 +1,14 @@
 """A fitted variational posterior: draws in the model's space, diagnostics, importance
-correction, ArviZ output, saving and loading.
+correction, ArviZ output, saving and loading (:func:`load`).
 
-Diagnostics follow Yao et al. 2018 ("Yes, but did it work?"): the Pareto k-hat of the
-importance weights ``w = p(theta, D) / q(theta)`` (ArviZ's PSIS), the effective sample
-size of the (smoothed, normalised) weights ``1 / sum w_i^2``, and — because a low k-hat
-alone does not prove a fit — the convergence of the optimisation itself.
+The diagnostics themselves are in :mod:`flowpost.vi.diagnostics`, the file format in
+:mod:`flowpost.engine.checkpoint`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import pathlib
-import re
-import warnings
 from typing import Any
 
 import arviz as az
@@ -23,24 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import as_ints, check_ints
+from .._checks import as_ints
+from ..engine import Status, checkpoint
+from . import diagnostics as D
 from .target import Target, flatten_draws
 
-
-def psis(log_w: np.ndarray) -> tuple[np.ndarray, float]:
-    """Pareto-smoothed log weights (normalised) and k-hat, by ArviZ's PSIS."""
-    log_w = np.asarray(log_w, dtype=np.float64)
-    finite = np.isfinite(log_w)
-    if not finite.any():
-        raise ValueError(f"none of the {log_w.size} draws has a finite importance weight log p - log q "
-                         "(the target is -inf, or NaN, wherever q puts its mass); q and the target do not "
-                         "overlap, so importance sampling cannot correct q")
-    if not finite.all():
-        log_w = np.where(finite, log_w, -np.inf)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lw, khat = az.psislw(log_w - np.max(log_w[finite]))
-    return np.asarray(lw), float(khat)
+# re-exported: the diagnostics' building blocks
+psis, compare = D.psis, D.compare
 
 
 @dataclasses.dataclass
@@ -51,7 +34,8 @@ class FitResult:
         q: the fitted family (a :class:`flowpost.flows.Flow` on ``R^dim``).
         target: the target it was fitted to.
         trace: per-step ``loss``, ``elbo``, ``grad_norm``, ``update_norm`` arrays (:class:`~.fit.Trace`).
-        steps: steps taken; ``message``: how the run ended; ``seconds``: wall time.
+        steps: steps taken; ``message``: how the run ended, in words; ``seconds``: wall time.
+        status: how the run ended (:class:`flowpost.engine.Status`).
     """
 
     q: Any
@@ -63,6 +47,7 @@ class FitResult:
     family: str = "flow"
     objective: str = "elbo"
     start: Any = None
+    status: Status = Status.COMPLETED
 
     # -- draws --------------------------------------------------------------------------
     def sample_unconstrained(self, key, n: int) -> tuple[jax.Array, jax.Array]:
@@ -159,6 +144,27 @@ class FitResult:
         return {"converged": bool(converged), "elbo_slope": slope * 1000,
                 "grad_norm": float(np.median(g[-len(tail):]))}
 
+    # -- diagnostics --------------------------------------------------------------------
+    def diagnostics(self, key=None, n: int = 4000) -> dict[str, Any]:
+        """ELBO, PSIS k-hat, importance-sampling ESS and convergence of the run
+        (:func:`flowpost.vi.diagnostics.diagnose`).
+
+        Keys: ``elbo`` (with ``elbo_se``), ``khat``, ``ess`` (of the smoothed weights,
+        out of ``n``), ``ess_fraction``, ``converged`` (ELBO plateau over the last fifth
+        of the run), ``elbo_slope`` (nats per 1000 steps there), ``grad_norm`` (median
+        there), ``log_evidence`` (importance-sampling estimate of log Z, an upper
+        estimate vs. the ELBO), ``warnings`` (list of str), ``message``, ``status`` and
+        ``start`` (how the family started, e.g. the Laplace note; None if it started as
+        built); ``nonfinite_weights`` (draws whose log p - log q is not finite) and
+        ``nan_density`` (those of them where the target's log density is NaN, counted as
+        -inf: a rejection, as in Stan).
+        """
+        return D.diagnose(self, key, n)
+
+    def convergence(self) -> dict[str, Any]:
+        """Whether the ELBO had flattened at the end (:func:`flowpost.vi.diagnostics.convergence`)."""
+        return D.convergence(self.trace)
+
     # -- importance correction ----------------------------------------------------------
     def resample(self, key, n: int, pool: int | None = None) -> dict[str, np.ndarray]:
         """``n`` PSIS-corrected draws (model space): ``pool`` draws from ``q`` (default
@@ -201,42 +207,43 @@ class FitResult:
         return compare(flatten_draws(draws), self.target.reference)
 
     def save(self, path) -> pathlib.Path:
-        """Save to the folder ``path``: ``q.eqx`` (parameters), ``meta.json``, ``trace.npz``,
-        ``start.npz`` (the start's mode and covariance factor, when there was one) and
-        ``posterior.nc`` (ArviZ netCDF of 4000 draws)."""
+        """Save to the folder ``path`` (replaced whole; see
+        :func:`flowpost.engine.checkpoint.folder`): ``q.eqx`` (parameters), ``meta.json``,
+        ``trace.npz``, ``start.npz`` (the start's mode and covariance factor, when there
+        was one) and ``posterior.nc`` (ArviZ netCDF of 4000 draws)."""
         start = None if self.start is None else {"log_prob": float(self.start.log_prob),
                                                  "iterations": int(self.start.iterations), "note": self.start.note}
-        path = save_flow(path, self.q, self.trace, {
-            "target": self.target.name, "builtin": json_or_none(self.target.builtin), "dim": self.target.dim,
-            "family": self.family, "objective": self.objective, "steps": self.steps, "message": self.message,
-            "seconds": self.seconds, "start": start})
-        if self.start is not None:
-            np.savez(path / "start.npz", mode=np.asarray(self.start.mode), chol=np.asarray(self.start.chol))
-        self.to_arviz().to_netcdf(str(path / "posterior.nc"))
-        return path
+        idata = self.to_arviz()
+        with checkpoint.folder(path, "FitResult.save") as tmp:
+            save_flow(tmp, self.q, self.trace, {
+                "target": self.target.name, "builtin": checkpoint.json_or_none(self.target.builtin),
+                "dim": self.target.dim, "family": self.family, "objective": self.objective, "steps": self.steps,
+                "message": self.message, "status": str(self.status), "seconds": self.seconds, "start": start})
+            if self.start is not None:
+                checkpoint.write_npz(tmp / "start.npz", mode=self.start.mode, chol=self.start.chol)
+            idata.to_netcdf(str(tmp / "posterior.nc"))
+        return pathlib.Path(path)
 
 
 def save_flow(path, q, trace, meta: dict) -> pathlib.Path:
-    """Write a fitted flow to the folder ``path``: ``q.eqx`` (its arrays, written to a
-    temporary file and renamed), ``meta.json`` (``meta`` plus the format and the arrays'
-    paths, shapes and dtypes) and ``trace.npz``. Read back by :func:`read_flow`."""
+    """Write a fitted flow into the folder ``path``: ``q.eqx`` (its arrays, with ``meta`` in
+    the header), ``meta.json`` (the same metadata, for people and scripts) and
+    ``trace.npz``. Read back by :func:`read_flow`. (Callers write into
+    :func:`flowpost.engine.checkpoint.folder`, which makes the folder atomic.)"""
     path = pathlib.Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "q.eqx.tmp"
-    eqx.tree_serialise_leaves(tmp, q)
-    os.replace(tmp, path / "q.eqx")
-    (path / "meta.json").write_text(json.dumps({"format": 4, **meta, "structure": _structure(q),
-                                                "static": _static(q)}, indent=2))
-    np.savez(path / "trace.npz", **trace._asdict())
+    checkpoint.write_tree(path / "q.eqx", q, meta)
+    header = checkpoint.read_header(path / "q.eqx")
+    checkpoint.write_json(path / checkpoint.MARKER, header)
+    checkpoint.write_npz(path / "trace.npz", **trace._asdict())
     return path
 
 
 def read_meta(path, who: str) -> dict:
-    """``meta.json`` of a folder written by :func:`save_flow` (``who`` names the caller in errors)."""
-    path = pathlib.Path(path)
-    if not (path / "meta.json").exists() or not (path / "q.eqx").exists():
-        raise FileNotFoundError(f"{who}: {path} is not a saved flowpost result (meta.json and q.eqx expected)")
-    return json.loads((path / "meta.json").read_text())
+    """The metadata of a result folder written by :func:`save_flow` (any released format)."""
+    meta = checkpoint.read_meta(path, who)
+    if meta.get("seconds") is None:  # strict JSON stores a NaN as null
+        meta["seconds"] = float("nan")
+    return meta
 
 
 def read_flow(path, meta: dict, like, who: str):
@@ -245,68 +252,19 @@ def read_flow(path, meta: dict, like, who: str):
     from .fit import Trace
 
     path = pathlib.Path(path)
-    # format 1 stored the tree's repr, which differs between processes: not comparable;
-    # format 2 stored the arrays only, not the base distribution
-    fmt, want = meta.get("format", 1), _structure(like)
-    if fmt == 2:
-        want = [entry for entry in want if entry[0] != "base"]
-    if fmt >= 2 and want != meta["structure"]:
-        raise ValueError(f"{who}: the saved parameters do not match the structure of the family "
-                         f"{meta['family']!r} (saved by another version or with other options); pass `like=`, "
-                         "a flow built with the same constructor and options")
-    if fmt >= 4 and _static(like) != meta["static"]:  # e.g. a spline's bound, an activation
-        saved, given = meta["static"].splitlines(), _static(like).splitlines()
-        i = next((i for i, (a, b) in enumerate(zip(saved, given)) if a != b), min(len(saved), len(given)))
-        line = lambda lines: lines[i].strip() if i < len(lines) else "(end)"  # noqa: E731
-        raise ValueError(f"{who}: the flow to load into has other settings than the saved one: saved "
-                         f"{line(saved)!r}, given {line(given)!r} (line {i + 1} of the printed flow); build "
-                         "`like=` with the constructor options the result was fitted with")
-    q = eqx.tree_deserialise_leaves(path / "q.eqx", like)
+    # format 1 stored the tree's repr, which differs between processes: not comparable
+    if meta.get("format", 1) >= 2:
+        checkpoint.check_like(meta, like, who, f"the family {meta['family']!r}")
+    q = checkpoint.read_tree(path / "q.eqx", like, who)
     tr = np.load(path / "trace.npz")
     # results saved before the trace had ``update_norm`` load with it NaN
     trace = Trace(*(tr[f] if f in tr.files else np.full_like(tr["loss"], np.nan) for f in Trace._fields))
     return q, trace
 
 
-def json_or_none(value):
-    """``value`` if it survives JSON (a built-in target's name and keywords), else None."""
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def _structure(q) -> list:
-    """Path, shape and dtype of every array of ``q``, and the repr of its base distribution
-    (which has no arrays, e.g. a Student-t's degrees of freedom), as JSON would store them:
-    what a saved result must match to be read into ``q``. (Not the whole tree's repr: that
-    holds the memory addresses of static functions, which differ between processes.)"""
-    leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(q, eqx.is_array))[0]
-    out = [[jax.tree_util.keystr(path), list(a.shape), str(a.dtype)] for path, a in leaves]
-    return out + ([["base", repr(q.base)]] if hasattr(q, "base") else [])
-
-
-def _static(q) -> str:
-    """The printed flow with arrays as dtype[shape] and memory addresses removed: its
-    non-array settings (a spline's bound, an activation, a base's df), the same in every
-    process, so that loading into a flow built with other settings is an error."""
-    return re.sub(r" at 0x[0-9a-f]+", "", eqx.tree_pformat(q, short_arrays=True))
-
-
 @eqx.filter_jit
 def _sample(q, key, n):
     return q.sample_and_log_prob(key, n)
-
-
-def compare(flat: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Worst standardised mean error and log sd ratio of ``flat`` draws against ``reference``."""
-    missing = sorted(set(reference) - set(flat))
-    if missing:
-        raise ValueError(f"draws lack reference quantities {missing[:5]}")
-    z = {k: abs(np.mean(flat[k]) - np.mean(r)) / np.std(r) for k, r in reference.items()}
-    s = {k: abs(np.log(np.std(flat[k]) / np.std(r))) for k, r in reference.items()}
-    kz, ks = max(z, key=z.get), max(s, key=s.get)
-    return {"max_abs_z": float(z[kz]), "worst_mean": kz, "max_abs_log_sd": float(s[ks]), "worst_sd": ks}
 
 
 def load(path, target: Target | None = None, like=None) -> FitResult:
@@ -345,7 +303,21 @@ def load(path, target: Target | None = None, like=None) -> FitResult:
     q, trace = read_flow(path, meta, like, "load")
     return FitResult(q=q, target=target, trace=trace, steps=meta["steps"],
                      message=meta["message"], seconds=meta["seconds"], family=meta["family"],
-                     objective=meta["objective"], start=_read_start(path, meta))
+                     objective=meta["objective"], start=_read_start(path, meta),
+                     status=status_of(meta))
+
+
+def status_of(meta: dict) -> Status:
+    """The saved status; for results saved before there was one (formats 1-4), read from
+    the message as those versions wrote it."""
+    if "status" in meta:
+        return Status(meta["status"])
+    message = meta.get("message", "")
+    for prefix, status in (("stopped", Status.NONFINITE), ("interrupted", Status.INTERRUPTED),
+                           ("converged", Status.EARLY_STOP)):
+        if message.startswith(prefix):
+            return status
+    return Status.COMPLETED
 
 
 def _read_start(path, meta: dict):

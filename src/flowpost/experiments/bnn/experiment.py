@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from ..._checks import out_folder
-from ..._io import write_json
+from ...engine.checkpoint import write_json
 from . import predict, uci
 from .model import mlp, model
 from .train import fit_many

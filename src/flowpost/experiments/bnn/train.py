@@ -8,32 +8,33 @@ The unbiased minibatch ELBO (Hoffman et al. 2013; Blundell et al. 2015): for a b
 has expectation (over the batch) equal to the full-batch ``log p(theta, D) - log q(theta)``.
 One epoch visits ``floor(N / |B|)`` batches of a fresh random permutation (every batch is
 a uniformly random subset, so each is unbiased); an epoch is one ``lax.scan`` over the
-batches, and the optimisation step is :func:`flowpost.vi.make_step` (STL ELBO) with the
-batch's log density, under :func:`flowpost.vi.freeze_nonfinite` (each split freezes at its
-last finite step). Several data sets of equal shape (the 20 UCI splits) train in ONE
-compiled program by ``vmap`` over a leading axis (:func:`fit_many`).
+batches (:func:`flowpost.engine.epoch_chunks`), and the step is the engine's with the STL
+ELBO of the batch's log density. Several data sets of equal shape (the 20 UCI splits)
+train in ONE compiled program by ``vmap`` over a leading axis (:func:`fit_many`); under
+the engine's rule on non-finite values each freezes at its own last finite step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import time
+import pathlib
 import warnings
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..._checks import check_ints, check_positive
+from ... import engine
 from ... import flows as F
+from ..._checks import check_ints, check_positive
+from ...engine import ProgressBar, Status, checkpoint, default_optimizer
+from ...engine import as_key as _as_key
 from ...vi import objectives
-from ..._progress import ProgressBar
-from ...vi.fit import FitState, Trace, _as_key, default_optimizer, flat_params, freeze_nonfinite, make_step
-from ...vi.result import FitResult, json_or_none, read_flow, read_meta, save_flow
+from ...vi.fit import Trace, flat_params
+from ...vi.result import FitResult, read_flow, read_meta, save_flow, status_of
 from . import families
 from .model import BNN
 
@@ -57,6 +58,7 @@ class BNNResult:
             ``(epochs,)``; an ensemble's: the mean over its members).
         epochs: epochs completed; ``message``: how the run ended; ``seconds``: wall time
             (of the whole :func:`fit_many` call when several data sets trained together).
+        status: how the run ended (:class:`flowpost.engine.Status`).
     """
 
     q: Any
@@ -68,6 +70,7 @@ class BNNResult:
     family: str
     timings: list = dataclasses.field(default_factory=list)  # (epochs, seconds) per compiled call; first compiles
     family_options: dict = dataclasses.field(default_factory=dict)  # keywords of families.make
+    status: Status = Status.COMPLETED
 
     def sample(self, key, n: int) -> jax.Array:
         """``n`` weight vectors ``theta (n, dim)``."""
@@ -78,14 +81,17 @@ class BNNResult:
         (family, options, epochs, message) and ``trace.npz``; read back by :func:`load` with
         the same model. (No netCDF of draws: a posterior over 10^5-10^6 weights is cheaper
         to re-sample from ``q`` than to store.)"""
-        options = json_or_none({k: np.asarray(v).tolist() if isinstance(v, (np.ndarray, jax.Array)) else v
-                                for k, v in self.family_options.items()})
+        options = checkpoint.json_or_none({k: np.asarray(v).tolist() if isinstance(v, (np.ndarray, jax.Array))
+                                           else v for k, v in self.family_options.items()})
         if options is None:
             raise ValueError("BNNResult.save: `family_options` cannot be written as JSON; save `q` with "
                              "equinox.tree_serialise_leaves instead")
-        return save_flow(path, self.q, self.trace, {
-            "family": self.family, "family_options": options, "dim": self.model.dim, "epochs": self.epochs,
-            "message": self.message, "seconds": self.seconds, "members": self.members})
+        with checkpoint.folder(path, "BNNResult.save") as tmp:
+            save_flow(tmp, self.q, self.trace, {
+                "family": self.family, "family_options": options, "dim": self.model.dim, "epochs": self.epochs,
+                "message": self.message, "status": str(self.status), "seconds": self.seconds,
+                "members": self.members})
+        return pathlib.Path(path)
 
     @property
     def members(self) -> int:
@@ -96,7 +102,7 @@ class BNNResult:
         """A :class:`flowpost.vi.FitResult` over the full-batch target (for diagnostics,
         PSIS, ArviZ); ``x, y`` the training data."""
         return FitResult(q=self.q, target=self.model.target(x, y), trace=self.trace, steps=self.epochs,
-                         message=self.message, seconds=self.seconds, family=self.family)
+                         message=self.message, seconds=self.seconds, family=self.family, status=self.status)
 
 
 def load(path, model: BNN, like=None) -> BNNResult:
@@ -117,7 +123,7 @@ def load(path, model: BNN, like=None) -> BNNResult:
         like = F.Mixture([like] * members) if members > 1 else like
     q, trace = read_flow(path, meta, like, "bnn.load")
     return BNNResult(q, model, trace, meta["epochs"], meta["message"], meta["seconds"], meta["family"],
-                     family_options=meta["family_options"])
+                     family_options=meta["family_options"], status=status_of(meta))
 
 
 def fit(model: BNN, x, y, family="meanfield", **kwargs) -> BNNResult:
@@ -183,65 +189,34 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     params, build = flat_params(q)
     obj = objectives.get("elbo")
 
-    def init_state(k):
-        return FitState.init(params, optimizer, k)
+    def loss_fn(params, key, batch, step):
+        x, y = batch
+        return obj(build(params), minibatch_log_joint(model, x, y, n), key, num_samples)
 
-    states = jax.vmap(init_state)(jax.vmap(lambda p: jax.random.fold_in(k_run, p))(jnp.arange(n_sets)))
-
-    def epoch(state, x, y):
-        k_perm, k_rest = jax.random.split(state.key)
-        idx = jax.random.permutation(k_perm, n)[: n_batches * batch].reshape(n_batches, batch)
-
-        def one_batch(st, i):
-            step = freeze_nonfinite(make_step(build, obj, minibatch_log_joint(model, x[i], y[i], n), optimizer,
-                                              num_samples))
-            return step(st, None)
-
-        state, tr = jax.lax.scan(one_batch, state._replace(key=k_rest), idx)
-        return state, jax.tree.map(jnp.mean, tr)
-
-    @eqx.filter_jit
-    def run(states, xs, ys, length):
-        def one(state, x, y):
-            return jax.lax.scan(lambda s, _: epoch(s, x, y), state, None, length=length)
-        return jax.vmap(one)(states, xs, ys)
-
-    chunk = chunk or max(1, epochs // 50)
-    traces, timings, done, message = [], [], 0, "completed"
-    t0 = time.perf_counter()
-    bar = ProgressBar(epochs, f"fit {label} ({family if isinstance(family, str) else 'custom'}, {n_sets} set(s))",
-                      {"elbo": "ELBO"}, enabled=progress)
-    try:
-        with bar:
-            while done < epochs:
-                m = min(chunk, epochs - done)
-                t_chunk = time.perf_counter()
-                states, tr = run(states, xs, ys, m)
-                traces.append(jax.tree.map(np.asarray, tr))
-                timings.append((m, time.perf_counter() - t_chunk))
-                done += m
-                bar.update(done, elbo=f"{float(np.mean(traces[-1].elbo[:, -1])):.4g}")
-                if np.all(np.asarray(states.failed_at) >= 0):
-                    break
-    except KeyboardInterrupt:
-        message = f"interrupted by the user after {done} epochs; the trained state is kept"
-    seconds = time.perf_counter() - t0
-    trace = Trace(*(np.concatenate([getattr(t, f) for t in traces], axis=1) if traces
-                    else np.zeros((n_sets, 0)) for f in Trace._fields))
-    failed = np.asarray(states.failed_at)
+    keys = jax.vmap(lambda p: jax.random.fold_in(k_run, p))(jnp.arange(n_sets))
+    states = jax.vmap(lambda k: engine.init(params, optimizer, k))(keys)
+    chunks = engine.runner(engine.vmapped(lambda step: engine.epoch_chunks(step, batch)),
+                           engine.make_step(loss_fn, optimizer))
+    label = f"fit {label} ({family if isinstance(family, str) else 'custom'}, {n_sets} set(s))"
+    with ProgressBar(epochs, label, {"elbo": "ELBO"}, enabled=progress) as bar:
+        out = engine.run(chunks, states, epochs, data=(xs, ys), chunk=chunk or max(1, epochs // 50), progress=bar,
+                         show=lambda info: {"elbo": f"{float(np.mean(info.aux[:, -1])):.4g}"}, sets=True)
+    trace = Trace.of(out.info) if out.info is not None else Trace(*(np.zeros((n_sets, 0)) for _ in Trace._fields))
+    message = "completed"
+    if out.status == Status.INTERRUPTED:
+        message = f"interrupted by the user after {out.done} epochs; the trained state is kept"
+        warnings.warn(f"bnn.fit: {message}", RuntimeWarning, stacklevel=2)
     results = []
     for p in range(n_sets):
-        msg = message
-        if failed[p] >= 0:
-            msg = (f"stopped: the loss, its gradient or the update was not finite at step {int(failed[p])}; kept the state "
-                   f"of the last finite step")
+        msg, status = message, out.status if out.status == Status.INTERRUPTED else Status.COMPLETED
+        if out.failed[p] is not None:
+            msg = (f"stopped: the loss, its gradient or the update was not finite at step {out.failed[p]}; kept the "
+                   "state of the last finite step")
+            status = Status.NONFINITE
             warnings.warn(f"bnn.fit: data set {p}: {msg}", RuntimeWarning, stacklevel=2)
-        qp = build(states.params[p])
-        results.append(BNNResult(qp, model, Trace(*(getattr(trace, f)[p] for f in Trace._fields)), done, msg,
-                                 seconds, family if isinstance(family, str) else "custom", timings,
-                                 dict(family_options or {})))
-    if message.startswith("interrupted"):
-        warnings.warn(f"bnn.fit: {message}", RuntimeWarning, stacklevel=2)
+        results.append(BNNResult(build(out.state.params[p]), model, Trace(*(a[p] for a in trace)), out.done, msg,
+                                 out.seconds, family if isinstance(family, str) else "custom", out.timings,
+                                 dict(family_options or {}), status))
     return results
 
 
@@ -257,7 +232,7 @@ def _ensemble(model: BNN, xs, ys, family, members: int, key, label: str, options
             k_init, k_fit = jax.random.split(jax.random.fold_in(key, m))
             start = model.reinitialised(k_init)
         runs.append(fit_many(start, xs, ys, family, key=k_fit, label=f"{label} member {m + 1}/{members}", **options))
-        if runs[-1][0].message.startswith("interrupted"):
+        if runs[-1][0].status == Status.INTERRUPTED:
             break
     return [_combine(model, [run[p] for run in runs]) for p in range(len(runs[0]))]
 
@@ -271,6 +246,8 @@ def _combine(model: BNN, parts: list[BNNResult]) -> BNNResult:
     messages = [p.message for p in parts]
     message = messages[0] if len(set(messages)) == 1 else "; ".join(f"member {m + 1}: {msg}"
                                                                      for m, msg in enumerate(messages))
+    statuses = [p.status for p in parts]
+    status = next((s for s in (Status.INTERRUPTED, Status.NONFINITE) if s in statuses), statuses[0])
     return BNNResult(F.Mixture([p.q for p in parts]), model, trace, min(p.epochs for p in parts), message,
                      sum(p.seconds for p in parts), parts[0].family, [t for p in parts for t in p.timings],
-                     parts[0].family_options)
+                     parts[0].family_options, status)

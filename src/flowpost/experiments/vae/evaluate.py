@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..._checks import check_ints
-from ..._progress import ProgressBar
+from ...engine import ProgressBar
 from . import objectives
 
 

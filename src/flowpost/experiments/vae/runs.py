@@ -9,29 +9,28 @@ A run folder holds
     samples.png, reconstructions.png
     eval.json        test ``neg_elbo`` and ``nll`` in nats per image (:func:`evaluate_run`)
 
-Each ``.eqx`` file is one JSON line of metadata (format, config, epoch, best so far,
-history) followed by :func:`equinox.tree_serialise_leaves` bytes, written to a temporary
-file and renamed into place (atomic: a crash never leaves half a checkpoint).
+Each ``.eqx`` file is a tree file of :mod:`flowpost.engine.checkpoint`: one JSON line of
+metadata (format, ``kind: "vae"``, config, epoch, best so far, history) followed by the
+arrays, written atomically (a crash never leaves half a checkpoint). Checkpoints of the
+earlier format ``"flowpost-vae/1"`` (the same layout) are read too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import pathlib
 
-import equinox as eqx
 import jax
 
 from ..._checks import check_ints, check_positive, plain_numbers
-from ..._io import write_json
+from ...engine import checkpoint
+from ...engine.checkpoint import write_json
 from . import data as vdata
 from . import evaluate
 from .model import VAEConfig, make_vae
 from .objectives import OBJECTIVES
 
-FORMAT = "flowpost-vae/1"
+KIND = "vae"
 CHECKPOINT, BEST = "checkpoint.eqx", "best.eqx"
 
 
@@ -79,26 +78,19 @@ class TrainConfig:
 
 def write(path: pathlib.Path, meta: dict, tree) -> None:
     """Atomically write ``meta`` (JSON) and ``tree``'s arrays to ``path``."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(json.dumps({"format": FORMAT, **meta}).encode() + b"\n")
-        eqx.tree_serialise_leaves(f, tree)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    checkpoint.write_tree(path, tree, {"kind": KIND, **meta})
 
 
 def read_meta(path) -> dict:
     """The JSON metadata line of a checkpoint file."""
     path = pathlib.Path(path)
     try:
-        with open(path, "rb") as f:
-            meta = json.loads(f.readline())
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+        meta = checkpoint.read_header(path)
+    except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a flowpost VAE checkpoint ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a flowpost VAE checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r})")
+    if meta.get("kind") != KIND and meta.get("format") != "flowpost-vae/1":
+        raise ValueError(f"{path}: not a flowpost VAE checkpoint (format {meta.get('format')!r}, kind "
+                         f"{meta.get('kind')!r}; expected kind {KIND!r})")
     return meta
 
 
@@ -123,14 +115,7 @@ def check_architecture(path, meta: dict, config: TrainConfig) -> None:
 
 def read(path, like):
     """The arrays of a checkpoint, in the structure of ``like``."""
-    path = pathlib.Path(path)
-    with open(path, "rb") as f:
-        f.readline()
-        try:
-            return eqx.tree_deserialise_leaves(f, like)
-        except Exception as e:  # noqa: BLE001  (shape/dtype mismatch or truncation, re-raised clearly)
-            raise ValueError(f"{path}: the checkpoint does not match the model's architecture or is "
-                             f"truncated ({type(e).__name__}: {e})") from e
+    return checkpoint.read_tree(path, like)
 
 
 def load(run):

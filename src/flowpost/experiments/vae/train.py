@@ -1,13 +1,14 @@
-"""Training: one jitted epoch (``lax.scan`` over shuffled minibatches, Adam), early
-stopping on the validation -ELBO, a checkpoint every epoch, exact resume.
+"""Training: epochs of shuffled minibatches on :mod:`flowpost.engine` (one ``lax.scan``
+per epoch), early stopping on the validation -ELBO, a checkpoint every epoch, exact resume.
 
     result = train(TrainConfig(model=VAEConfig(flow="iaf")), out="runs/iaf")
 
 Guarantees: the state after every finished epoch is on disk (``checkpoint.eqx``), so
 Ctrl-C loses at most the running epoch, and a re-run with the same ``out`` continues
-from it, bit for bit as if it had not stopped (the PRNG key and Adam state are saved).
-An epoch with a non-finite loss stops the run without writing anything: the last good
-checkpoint and the best model stay as they were.
+from it, bit for bit as if it had not stopped (the PRNG key and optimiser state are
+saved). A non-finite loss, gradient or update stops the run under the engine's rule
+(the state of the last finite step is kept in memory); nothing of that epoch is written,
+so the last good checkpoint and the best model stay as they were.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ... import engine
 from ..._checks import out_folder
-from ..._io import write_json
-from ..._progress import ProgressBar
+from ...engine import ProgressBar, Status
+from ...engine.checkpoint import write_json
 from . import data as vdata
 from . import evaluate, likelihoods, objectives, plots, runs
 from .model import make_vae
@@ -34,9 +36,12 @@ from .runs import TrainConfig
 
 
 class TrainState(NamedTuple):
-    params: Any  # the model's arrays
+    """What a checkpoint holds: the model's arrays, the optimiser state and the raw PRNG
+    key data (uint32, so that it serialises). The step count is ``epoch * batches``."""
+
+    params: Any
     opt_state: Any
-    key: jax.Array  # raw key data (uint32), so that it serialises
+    key: jax.Array
 
 
 @dataclasses.dataclass
@@ -48,7 +53,7 @@ class TrainResult:
     best_valid: float
     epochs_done: int
     message: str
-    status: str  # "completed", "early_stop", "nothing_to_do", "nonfinite" or "interrupted"
+    status: Status  # how the run ended (a str: "completed", "early_stop", "nonfinite", ...)
     compile_seconds: float  # first epoch minus the median later one (nan with one epoch)
     out: pathlib.Path | None
 
@@ -60,50 +65,30 @@ class TrainResult:
         return float(np.median(s[1:] if len(s) > 1 else s)) if s else float("nan")
 
 
-def beta_schedule(epoch: int, warmup: int) -> float:
-    """KL weight of (0-based) ``epoch``: ``min(1, (epoch + 1) / warmup)``; 1 without warm-up."""
-    return 1.0 if warmup <= 0 else min(1.0, (epoch + 1) / warmup)
+def beta_schedule(epoch, warmup: int):
+    """KL weight of (0-based) ``epoch``: ``min(1, (epoch + 1) / warmup)``; 1 without warm-up.
+    (Works on Python numbers and on traced JAX integers alike.)"""
+    return 1.0 if warmup <= 0 else jnp.minimum(1.0, (epoch + 1) / warmup) if isinstance(epoch, jax.Array) \
+        else min(1.0, (epoch + 1) / warmup)
 
 
-@eqx.filter_jit
-def run_epoch(state: TrainState, static, x, beta, learning_rate, objective: str, k: int, batch_size: int):
-    """One pass over ``len(x) // batch_size`` shuffled minibatches in a ``lax.scan`` with
-    Adam; returns ``(state, mean loss, first bad step or -1)``. A step whose loss,
-    gradient or update is not finite is not applied, nor is any later step of the epoch.
+def epoch_runner(static, objective: str, k: int, batch_size: int, n_train: int, warmup: int,
+                 optimizer: optax.GradientTransformation):
+    """The engine's ``(plain, guarded)`` chunk functions for one epoch of the VAE: its loss
+    is the negative ELBO (KL weight :func:`beta_schedule` of the epoch, derived from the
+    step count) or the negative IWAE bound with ``k`` samples. ``static`` is the model's
+    non-array part (``eqx.partition``)."""
+    n_batches = n_train // batch_size
 
-    ``static`` is the model's non-array part (``eqx.partition``); it, ``objective``, ``k``
-    and ``batch_size`` are compile-time constants, the rest are traced, so runs that
-    differ only in learning rate, data or state share one compiled program."""
-    b = batch_size
-    n_batches = x.shape[0] // b
-    optimizer = optax.adam(learning_rate)
-
-    def loss_fn(params, xb, key):
+    def loss_fn(params, key, batch, step):
         model = eqx.combine(params, static)
+        (xb,) = batch
         if objective == "iwae":
-            return objectives.iwae(model, xb, key, k)[0]
-        return objectives.elbo(model, xb, key, beta)[0]
+            return objectives.iwae(model, xb, key, k)[0], None
+        beta = beta_schedule(step // n_batches, warmup) if warmup > 0 else 1.0
+        return objectives.elbo(model, xb, key, jnp.asarray(beta, jnp.float32))[0], None
 
-    key = jax.random.wrap_key_data(state.key)
-    key, k_perm, k_steps = jax.random.split(key, 3)
-    order = jax.random.permutation(k_perm, x.shape[0])[: n_batches * b].reshape(n_batches, b)
-
-    def step(carry, inputs):
-        params, opt_state, bad = carry
-        idx, kk, i = inputs
-        loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], kk)
-        updates, new_opt = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        ok = (jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & jnp.isfinite(optax.tree.norm(updates))
-              & (bad < 0))
-        keep = lambda new, old: jax.tree.map(lambda u, v: jnp.where(ok, u, v), new, old)  # noqa: E731
-        bad = jnp.where((bad < 0) & ~ok, i, bad)
-        return (keep(new_params, params), keep(new_opt, opt_state), bad), loss
-
-    carry = (state.params, state.opt_state, jnp.full((), -1, jnp.int32))
-    steps = (order, jax.random.split(k_steps, n_batches), jnp.arange(n_batches, dtype=jnp.int32))
-    (params, opt_state, bad), losses = jax.lax.scan(step, carry, steps)
-    return TrainState(params, opt_state, jax.random.key_data(key)), jnp.mean(losses), bad
+    return engine.runner(lambda step: engine.epoch_chunks(step, batch_size), engine.make_step(loss_fn, optimizer))
 
 
 def _check_data(config: TrainConfig, d: vdata.ImageData):
@@ -123,7 +108,7 @@ def _check_data(config: TrainConfig, d: vdata.ImageData):
 
 
 def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None, progress: bool = True,
-          plots_at_end: bool = True) -> TrainResult:
+          plots_at_end: bool = True, optimizer: optax.GradientTransformation | None = None) -> TrainResult:
     """Train the VAE of ``config`` (resuming from ``out/checkpoint.eqx`` if there is one).
 
     Args:
@@ -132,6 +117,8 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         data: the images (default: ``vdata.load(config.dataset, limit=config.limit)``).
         progress: show a rich progress bar over epochs.
         plots_at_end: write samples.png and reconstructions.png of the best model.
+        optimizer: an optax transformation (default ``optax.adam(config.learning_rate)``,
+            the protocol's); a resumed run needs one whose state has the same structure.
 
     Returns:
         :class:`TrainResult` with the best model.
@@ -157,12 +144,12 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
     k_init, k_run, k_valid, k_plot = jax.random.split(key, 4)
     model = make_vae(config.model, k_init)
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    optimizer = optax.adam(config.learning_rate)
-    state = TrainState(params, optimizer.init(params), jax.random.key_data(k_run))
+    optimizer = optimizer or optax.adam(config.learning_rate)
+    saved = TrainState(params, optimizer.init(params), jax.random.key_data(k_run))
     start, best_valid, best_epoch, since_best, history = 0, math.inf, None, 0, []
     best_params = params
     if meta is not None:
-        state = runs.read(ckpt, state)
+        saved = runs.read(ckpt, saved)
         start, best_valid, best_epoch = meta["epoch"], meta["best_valid"], meta["best_epoch"]
         since_best, history = meta["since_best"], meta["history"]
         for h in history:
@@ -171,66 +158,75 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
             best_params = eqx.filter(runs.read(out / runs.BEST, model), eqx.is_inexact_array)
 
     x_train = jnp.asarray(d.train, jnp.float32)
+    n_batches = len(x_train) // config.batch_size
     x_valid, n_valid = evaluate._batches(np.asarray(d.valid, np.float32), min(500, len(d.valid)))
-    lr = jnp.float32(config.learning_rate)
-
-    def epoch_fn(state, beta):
-        return run_epoch(state, static, x_train, jnp.float32(beta), lr, config.objective, config.k,
-                         config.batch_size)
+    chunks = epoch_runner(static, config.objective, config.k, config.batch_size, len(x_train), config.warmup,
+                          optimizer)
+    state = engine.TrainState(saved.params, saved.opt_state, jax.random.wrap_key_data(saved.key),
+                              jnp.asarray(start * n_batches, jnp.int32), jnp.full((), -1, jnp.int32))
 
     def record(epoch):
         return {"config": config.to_dict(), "own_data": data is not None, "epoch": epoch, "best_valid": best_valid,
                 "best_epoch": best_epoch, "since_best": since_best,
                 "history": [{k: v for k, v in h.items() if k != "this_call"} for h in history]}
 
-    status, message = "completed", f"completed {config.epochs} epochs"
+    clock = [time.perf_counter()]
+    note = {}
+
+    def after_epoch(state, info, done):
+        """Validation, best model, checkpoint and early stopping after epoch ``done``."""
+        nonlocal best_valid, best_epoch, since_best, best_params
+        seconds = time.perf_counter() - clock[0]
+        loss = float(info.loss[-1])
+        valid = -float(np.mean(evaluate.batched_elbo(eqx.combine(state.params, static), x_valid, n_valid,
+                                                      jax.random.fold_in(k_valid, done - 1))))
+        if not math.isfinite(valid):
+            note["valid"] = done
+            return Status.NONFINITE
+        beta = beta_schedule(done - 1, config.warmup) if config.objective == "elbo" else 1.0
+        history.append({"epoch": done, "beta": beta, "train_loss": loss, "valid_neg_elbo": valid,
+                        "seconds": seconds, "this_call": True})
+        if valid < best_valid:
+            best_valid, best_epoch, since_best, best_params = valid, done, 0, state.params
+            if out is not None:
+                runs.write(out / runs.BEST, record(done), eqx.combine(best_params, static))
+        else:
+            since_best += 1
+        if out is not None:
+            runs.write(ckpt, record(done), TrainState(state.params, state.opt_state, jax.random.key_data(state.key)))
+            write_json(out / "history.json", record(done)["history"], indent=1)
+        bar.update(done, loss=f"{loss:.2f}", valid=f"{valid:.2f}")
+        clock[0] = time.perf_counter()
+        return Status.EARLY_STOP if since_best >= config.patience else None
+
+    status = None
     if start >= config.epochs:
-        status, message = "nothing_to_do", f"nothing to do: the run in {out} has done {start} of {config.epochs} epochs"
+        status, message = Status.NOTHING_TO_DO, f"nothing to do: the run in {out} has done {start} of {config.epochs} epochs"
     elif since_best >= config.patience:
-        status, message = "nothing_to_do", f"nothing to do: the run in {out} stopped early at epoch {start}"
-        start = config.epochs
-    epoch = start
+        status, message = Status.NOTHING_TO_DO, f"nothing to do: the run in {out} stopped early at epoch {start}"
     bar = ProgressBar(config.epochs, f"train {config.model.flow} VAE", {"loss": "loss", "valid": "valid -ELBO"},
-                      start=start, enabled=progress)
-    try:
+                      start=start, enabled=progress and status is None)
+    if status is None:
         with bar:
-            for epoch in range(start, config.epochs):
-                beta = beta_schedule(epoch, config.warmup) if config.objective == "elbo" else 1.0
-                t0 = time.perf_counter()
-                new_state, loss, bad = epoch_fn(state, beta)
-                loss, bad = float(loss), int(bad)
-                seconds = time.perf_counter() - t0
-                if bad >= 0 or not math.isfinite(loss):
-                    status, message = "nonfinite", (f"stopped: non-finite loss or gradient at epoch {epoch + 1}, step {bad + 1}; "
-                               f"nothing of that epoch was saved (the checkpoint of epoch {epoch} is kept)")
-                    break
-                valid = -float(np.mean(evaluate.batched_elbo(eqx.combine(new_state.params, static), x_valid, n_valid,
-                                                              jax.random.fold_in(k_valid, epoch))))
-                if not math.isfinite(valid):
-                    status, message = "nonfinite", (f"stopped: non-finite validation -ELBO at epoch {epoch + 1}; nothing of that "
-                               f"epoch was saved (the checkpoint of epoch {epoch} is kept)")
-                    break
-                state = new_state
-                history.append({"epoch": epoch + 1, "beta": beta, "train_loss": loss, "valid_neg_elbo": valid,
-                                "seconds": seconds, "this_call": True})
-                if valid < best_valid:
-                    best_valid, best_epoch, since_best, best_params = valid, epoch + 1, 0, state.params
-                    if out is not None:
-                        runs.write(out / runs.BEST, record(epoch + 1), eqx.combine(best_params, static))
-                else:
-                    since_best += 1
-                if out is not None:
-                    runs.write(ckpt, record(epoch + 1), state)
-                    write_json(out / "history.json", record(epoch + 1)["history"], indent=1)
-                bar.update(epoch + 1, loss=f"{loss:.2f}", valid=f"{valid:.2f}")
-                if since_best >= config.patience:
-                    status = "early_stop"
-                    message = f"early stop at epoch {epoch + 1}: no improvement for {config.patience} epochs"
-                    break
-    except KeyboardInterrupt:
+            out_ = engine.run(chunks, state, config.epochs, data=(x_train,), chunk=1, start=start,
+                              on_chunk=after_epoch)
+        status = out_.status
         done = history[-1]["epoch"] if history else start
-        status, message = "interrupted", (f"interrupted by the user; the checkpoint of epoch {done} is saved"
-                   + (f" in {out}" if out is not None else ""))
+        if status == Status.COMPLETED:
+            message = f"completed {config.epochs} epochs"
+        elif status == Status.EARLY_STOP:
+            message = f"early stop at epoch {done}: no improvement for {config.patience} epochs"
+        elif status == Status.INTERRUPTED:
+            message = (f"interrupted by the user; the checkpoint of epoch {done} is saved"
+                       + (f" in {out}" if out is not None else ""))
+        elif "valid" in note:
+            message = (f"stopped: non-finite validation -ELBO at epoch {note['valid']}; nothing of that epoch was "
+                       f"saved (the checkpoint of epoch {done} is kept)")
+        else:
+            failed = out_.failed[0]
+            message = (f"stopped: non-finite loss, gradient or update at epoch {failed // n_batches + 1}, step "
+                       f"{failed % n_batches + 1}; nothing of that epoch was saved (the checkpoint of epoch {done} "
+                       "is kept)")
     now = [h["seconds"] for h in history if h.get("this_call")]
     # the first epoch of a call includes compilation (unless this process compiled it already)
     compile_seconds = max(now[0] - float(np.median(now[1:])), 0.0) if len(now) > 1 else float("nan")
