@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jax
 
-from flowpost.engine.checkpoint import write_json
+from flowpost.engine import checkpoint
 
 
 def block(tree):
@@ -81,4 +81,4 @@ def machine_info() -> dict:
 def write_json(path: Path, payload: dict) -> None:
     """``payload`` as strict JSON (NaN / inf as null), the library's own writer."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, payload)
+    checkpoint.write_json(path, payload)
