@@ -49,6 +49,7 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], lef
     Cells are plain text (never markup); ``bold_last`` prints the last row in bold (a
     summary row such as ``mean ± se``)."""
     from rich import box
+    from rich.measure import Measurement
     from rich.table import Table
     from rich.text import Text
 
@@ -60,7 +61,10 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], lef
     for k, r in enumerate(rows):
         style = "bold" if bold_last and k == len(rows) - 1 else ""
         t.add_row(*(Text(str(v), style=style) for v in r))
-    widths = [max([len(c)] + [len(str(r[i])) for r in rows]) for i, c in enumerate(columns)]
-    need = sum(widths) + 2 * len(widths)
     con = console()
-    con.print(t, width=max(con.width, need), crop=False)
+    need = Measurement.get(con, con.options.update_width(10_000), t).maximum  # the table's natural width
+    if need > con.width:  # wider than the terminal: print it whole (the terminal wraps lines; rich would cut cells)
+        from rich.console import Console
+
+        con = Console(width=need)
+    con.print(t)
