@@ -178,14 +178,29 @@ class FitResult:
         return self.constrain(u[np.asarray(idx)])
 
     # -- output -------------------------------------------------------------------------
-    def to_arviz(self, key=None, n: int = 4000) -> az.InferenceData:
-        """Draws (one chain of ``n``) as ``arviz.InferenceData``, with the log importance
-        weights and log densities in ``sample_stats``."""
+    def to_arviz(self, key=None, n: int = 4000, chains: int = 4) -> az.InferenceData:
+        """``n`` independent draws from q as ``arviz.InferenceData``, laid out as ``chains``
+        chains of ``n // chains`` draws (``n`` rounded down to a multiple of ``chains``), so
+        that ArviZ's tools run as on MCMC output; the log importance weights and the
+        target's log densities are in ``sample_stats``.
+
+        The chains are independent batches of independent draws: their r_hat is 1 up to
+        noise whatever q is, so it says nothing about how well q fits (use
+        :meth:`diagnostics`)."""
+        n, chains = as_ints("to_arviz", n=n, chains=chains)
+        per = n // chains
+        if per < 1:
+            raise ValueError(f"to_arviz: `n` ({n}) must be at least `chains` ({chains})")
         key = jax.random.key(0) if key is None else key
-        u, log_w = self.log_weights(key, n)
+        u, log_w = self.log_weights(key, per * chains)
         draws = self.constrain(u)
-        posterior = {k: v[None] for k, v in draws.items()}
-        stats = {"log_weight": log_w[None], "lp": np.asarray(jax.jit(jax.vmap(self.target.log_prob))(u))[None]}
+
+        def split(a):
+            a = np.asarray(a)
+            return a.reshape(chains, per, *a.shape[1:])
+
+        posterior = {k: split(v) for k, v in draws.items()}
+        stats = {"log_weight": split(log_w), "lp": split(jax.jit(jax.vmap(self.target.log_prob))(u))}
         return az.from_dict(posterior=posterior, sample_stats=stats,
                             attrs={"target": self.target.name, "family": self.family, "objective": self.objective,
                                    "inference_library": "flowpost"})
