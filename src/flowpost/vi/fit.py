@@ -25,7 +25,8 @@ from ..engine import ProgressBar, Status, default_optimizer
 from ..engine import TrainState as FitState
 from ..engine import as_key as _as_key
 from ..engine import guard as freeze_nonfinite
-from . import families, objectives
+from . import families, objectives, stopping
+from .diagnostics import psis
 from .init import laplace, standard_start
 from .target import Target
 
@@ -49,12 +50,16 @@ class Trace(NamedTuple):
         return cls(info.loss, info.aux, info.grad_norm, info.update_norm)
 
 
+def _is_frozen(node) -> bool:
+    return isinstance(node, F.Frozen)
+
+
 def flat_params(q):
     """``(params, build)``: ``q``'s trainable arrays as ONE vector, and ``build(params) -> q``.
 
     Arrays inside :class:`flowpost.flows.Frozen` layers (the Laplace whitening) are not
     trainable: they stay in ``build``'s closure and never reach the optimiser."""
-    params, rest, combine = engine.partition(q, frozen=lambda node: isinstance(node, F.Frozen))
+    params, rest, combine = engine.partition(q, frozen=_is_frozen)
     return params, lambda p: combine(p, rest)
 
 
@@ -119,7 +124,7 @@ def _check_target(target, key):
     return log_prob
 
 
-def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, num_samples: int = 256,
+def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = None, num_samples: int | None = None,
         optimizer: optax.GradientTransformation | None = None, learning_rate: float = 5e-3,
         key=None, init="laplace", objective_options: dict | None = None, chunk: int = 100,
         tol: float | None = None, progress: bool = True):
@@ -130,9 +135,12 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
         family: ``"flow"`` (default: RealNVP on top of a full-rank affine layer),
             ``"meanfield"``, ``"fullrank"``, or any :class:`flowpost.flows.Flow`.
         objective: ``"elbo"`` (STL), ``"iwelbo"`` (DReG), ``"renyi"``, ``"fkl"``.
-        steps: optimisation steps.
-        num_samples: draws per step (the guide, ``docs/guide.md``, says how the defaults
-            were chosen). A costly ``log_prob`` may want fewer draws and more steps.
+        steps: optimisation steps, exactly (Adam on a cosine schedule over them). ``None``
+            (default): automatic, up to 3000 in warm-restart rounds that end at steps 200,
+            600, 1400 and 3000; the fit stops at the first round end where a pilot of
+            importance-weighted draws confirms ``q`` (:mod:`flowpost.vi.stopping`).
+        num_samples: draws per step, exactly; ``None``: 128 in the automatic mode, 256
+            with a given ``steps``. A costly ``log_prob`` may want fewer draws and more steps.
         optimizer: an optax transformation (default
             :func:`~flowpost.engine.default_optimizer`); it sees only the trainable arrays.
         learning_rate: for the default optimizer.
@@ -153,7 +161,8 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
     from .result import FitResult
 
     key = _as_key(key)
-    steps, num_samples, chunk = as_ints("fit", steps=steps, num_samples=num_samples, chunk=chunk)
+    plan = stopping.plan(steps, num_samples)
+    steps, num_samples, chunk = as_ints("fit", steps=plan.steps, num_samples=plan.num_samples, chunk=chunk)
     if optimizer is None:
         check_positive("fit", learning_rate=learning_rate)
     if tol is not None:
@@ -173,12 +182,20 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
     if objective in ("iwelbo", "fkl") and not objectives.has_inverse(q):
         raise ValueError(f"fit: objective={objective!r} needs a family with an inverse (log q at any point)")
 
-    optimizer = optimizer or default_optimizer(steps, learning_rate)
-    params, build = flat_params(q)
-    chunks = engine.runner(engine.scan_chunks, make_step(build, obj, jax.vmap(log_prob), optimizer, num_samples))
+    optimizer = optimizer or (stopping.optimizer(learning_rate) if plan.automatic
+                              else default_optimizer(steps, learning_rate))
+    rule = (lambda: stopping.Rule(plan, psis, jax.random.fold_in(k_run, 1))) if plan.automatic else lambda: None
+    params, rest, combine = engine.partition(q, frozen=_is_frozen)
+    log_p = jax.vmap(log_prob)
+
+    def loss_fn(params, key, batch, step):  # the frozen arrays come in traced, as `batch`
+        return obj(combine(params, batch[0]), log_p, key, num_samples)
+
+    chunks = engine.runner(engine.scan_chunks, engine.make_step(loss_fn, optimizer))
     bar = ProgressBar(steps, f"fit {target.name}", {"elbo": "ELBO"}, enabled=progress)
     with bar:
-        out = _run(chunks, FitState.init(params, optimizer, k_run), steps, chunk, tol, bar)
+        out = _run(chunks, FitState.init(params, optimizer, k_run), rest, steps, chunk, tol, bar, auto := rule(),
+                   combine, log_p)
         if (out.status == Status.NONFINITE and out.done == 0 and start is not None
                 and not (np.isfinite(out.failed_info.loss) and np.isfinite(out.failed_info.grad_norm))):
             # a Laplace start that cannot train (no mode, e.g. a funnel's neck: its draws' loss
@@ -186,32 +203,39 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int = 3000, n
             # chunks serve. (A finite loss and gradient with a non-finite update is the
             # optimiser's doing, e.g. an absurd learning rate: keep the start.)
             start = standard_start(start)
-            q = families.make(family, target.dim, start.mode, start.chol, key=k_init)
-            out = _run(chunks, FitState.init(flat_params(q)[0], optimizer, k_run), steps, chunk, tol, bar)
-    message = _message(out, tol, chunk)
+            params, rest, _ = engine.partition(families.make(family, target.dim, start.mode, start.chol, key=k_init),
+                                               frozen=_is_frozen)
+            out = _run(chunks, FitState.init(params, optimizer, k_run), rest, steps, chunk, tol, bar, auto := rule(),
+                       combine, log_p)
+    message = _message(out, tol, chunk, auto)
     if out.status in (Status.NONFINITE, Status.INTERRUPTED):
         warnings.warn(f"fit: {message}", RuntimeWarning, stacklevel=2)
-    return FitResult(q=build(out.state.params), target=target, trace=Trace.of(out.info), steps=int(out.state.step),
+    return FitResult(q=combine(out.state.params, rest), target=target, trace=Trace.of(out.info),
+                     steps=int(out.state.step),
                      message=message, seconds=out.seconds, family=family if isinstance(family, str) else "custom",
                      objective=objective if isinstance(objective, str) else "custom", start=start, status=out.status)
 
 
-def _run(chunks, state, steps, chunk, tol, bar):
+def _run(chunks, state, rest, steps, chunk, tol, bar, auto=None, combine=None, log_p=None):
     """The engine's driver with the ``tol`` rule: stop once the mean ELBO of a chunk moves
-    less than ``tol`` from the chunk before (after at least 5 chunks)."""
+    less than ``tol`` from the chunk before (after at least 5 chunks); and in the automatic
+    mode the rule of :mod:`~flowpost.vi.stopping` (``auto``, a :class:`~.stopping.Rule`),
+    checked on a pilot of the current ``q`` at each round's end."""
     prev = []
 
     def on_chunk(state, info, done):
         cur = float(np.mean(info.aux))
         stop = tol is not None and prev and done >= 5 * chunk and abs(cur - prev[-1]) < tol
         prev.append(cur)
+        if auto is not None and auto(lambda k: stopping.pilot(combine(state.params, rest), log_p, k), info.aux, done):
+            stop = True
         return Status.EARLY_STOP if stop else None
 
-    return engine.run(chunks, state, steps, chunk=chunk, on_chunk=on_chunk, progress=bar,
+    return engine.run(chunks, state, steps, data=(rest,), chunk=chunk, on_chunk=on_chunk, progress=bar,
                       show=lambda info: {"elbo": f"{float(np.mean(info.aux)):.4g}"})
 
 
-def _message(out: engine.Outcome, tol, chunk) -> str:
+def _message(out: engine.Outcome, tol, chunk, auto=None) -> str:
     """How the run ended, in words (a step number where it matters)."""
     if out.status == Status.NONFINITE:
         failed = out.failed[0]
@@ -220,6 +244,10 @@ def _message(out: engine.Outcome, tol, chunk) -> str:
                    else "kept the initial state"))
     if out.status == Status.INTERRUPTED:
         return f"interrupted by the user after {out.done} steps; the state of step {int(out.state.step)} is kept"
+    if out.status == Status.EARLY_STOP and auto is not None and auto.checks and auto.checks[-1][1].stop:
+        return f"converged at step {out.done} of at most {auto.plan.steps}: {auto.summary()}"
     if out.status == Status.EARLY_STOP:
         return f"converged at step {out.done} (ELBO change < tol {tol} between chunks of {chunk} steps)"
+    if auto is not None and auto.checks:
+        return f"completed (the automatic budget's cap; {auto.summary()})"
     return "completed"
