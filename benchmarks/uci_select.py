@@ -39,9 +39,9 @@ def validation_ll(name: str, likelihood: str, steps: int, large_epochs: int, see
     cut = int(round(0.8 * data.x_train.shape[1]))
     epochs, batch, draws = budget(name, steps, large_epochs)
     part = data._replace(x_train=data.x_train[:, :cut], y_train=data.y_train[:, :cut])
-    model, res = experiment._fit(f"{name} {likelihood} (validation)", part, likelihood,
-                                 2 if likelihood == "heteroscedastic" else 1, uci.hidden_units(name), "subspace",
-                                 epochs, min(batch, cut), draws, 3e-3, seed, None, True, 1.0, 1)
+    model, res = experiment.fit_splits(f"{name} {likelihood} (validation)", part, likelihood,
+                                       2 if likelihood == "heteroscedastic" else 1, uci.hidden_units(name), "subspace",
+                                       epochs, min(batch, cut), draws, 3e-3, seed, None, True, 1.0, 1)
     return np.array([predict.regression(model, r.sample(jax.random.key(1000 + p), 200), data.x_train[p, cut:],
                                         data.y_train[p, cut:])["test_ll"] for p, r in enumerate(res)])
 

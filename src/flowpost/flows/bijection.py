@@ -145,6 +145,9 @@ class Invert(_Wrapper):
     (Kingma et al. 2016; Papamakarios et al. 2017, section 3.3).
     """
 
+    def __init__(self, bijection: Bijection):  # spelled out for type checkers: the fields are _Wrapper's
+        super().__init__(bijection)
+
     def _forward(self, x, context):
         return self.bijection._inverse(x, context)
 
@@ -159,6 +162,9 @@ class Frozen(_Wrapper):
     Used for a fixed change of coordinates, e.g. whitening by a Laplace approximation
     ``x = mode + L v`` after trainable layers that then work in units of the posterior's
     standard deviations."""
+
+    def __init__(self, bijection: Bijection):  # spelled out for type checkers: the fields are _Wrapper's
+        super().__init__(bijection)
 
     def _forward(self, x, context):
         return jax.lax.stop_gradient(self.bijection)._forward(x, context)

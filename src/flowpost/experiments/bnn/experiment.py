@@ -41,8 +41,13 @@ def _split_list(name, splits, total):
     return splits
 
 
-def _fit(name, data, likelihood, n_out, hidden, family, epochs, batch_size, num_samples, learning_rate, seed,
-         family_options, progress, prior, members):
+def fit_splits(name, data, likelihood, n_out, hidden, family, epochs, batch_size, num_samples, learning_rate, seed,
+               family_options, progress, prior, members):
+    """The protocol's network (one hidden layer of ``hidden`` units, ``n_out`` outputs per
+    example) and its posteriors on every split of ``data`` (a stacked
+    :class:`~flowpost.experiments.bnn.uci.Split`), fitted together: ``(model, results)``.
+    What :func:`run_uci` and :func:`run_classification` fit, for a caller that evaluates
+    the posteriors its own way (e.g. on a validation part of the training rows)."""
     key = jax.random.key(seed)
     net = mlp(jax.random.fold_in(key, 1), data.x_train.shape[-1], n_out, (hidden,))
     m = model(net, likelihood, prior=prior)
@@ -78,19 +83,19 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     data = uci.load_splits(dataset, chosen)
     t0 = time.perf_counter()
     n_out = 2 if likelihood == "heteroscedastic" else 1
-    m, results = _fit(dataset, data, likelihood, n_out, hidden or uci.hidden_units(dataset), family, epochs, batch_size,
-                      num_samples, learning_rate, seed, family_options, progress, prior, members)
+    m, results = fit_splits(dataset, data, likelihood, n_out, hidden or uci.hidden_units(dataset), family, epochs,
+                            batch_size, num_samples, learning_rate, seed, family_options, progress, prior, members)
     seconds = time.perf_counter() - t0
     rows, first = [], None
+    y_mean, y_std = np.asarray(data.y_mean), np.asarray(data.y_std)  # one per split (stacked)
     for p, (s, r) in enumerate(zip(chosen, results)):
         key = jax.random.key(1000 + s)
-        pr = predict.regression(m, r.sample(key, test_samples), data.x_test[p], data.y_test[p], data.y_mean[p],
-                                data.y_std[p])
+        pr = predict.regression(m, r.sample(key, test_samples), data.x_test[p], data.y_test[p], y_mean[p], y_std[p])
         first = first or (pr, data.y_test[p])
         rows.append({"split": s, "rmse": pr["rmse"], "test_ll": pr["test_ll"], "message": r.message})
         if members > 1:  # what the ensemble adds: its first member is the single fit
             pr1 = predict.regression(m, r.q.components[0].sample(key, test_samples), data.x_test[p], data.y_test[p],
-                                     data.y_mean[p], data.y_std[p])
+                                     y_mean[p], y_std[p])
             rows[-1].update(member1_rmse=pr1["rmse"], member1_test_ll=pr1["test_ll"])
     out_dict = {"dataset": dataset, "family": family, "members": members, "likelihood": likelihood, "epochs": epochs,
                 "batch_size": batch_size,
@@ -104,6 +109,7 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     if out is not None:
         write_json(out / "results.json", out_dict)
         _save_posteriors(out, chosen, results)
+        assert first is not None  # at least one split was fitted
         pr, y = first
         predict.regression_plot(pr["mean"], pr["sd"], y, out / "predictive.png",
                                 title=f"{dataset}, split {chosen[0]} ({family})")
@@ -124,8 +130,8 @@ def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: 
     out = out_folder("bnn", out)
     data = uci.load_splits(dataset, chosen)
     t0 = time.perf_counter()
-    m, results = _fit(dataset, data, "bernoulli", 1, hidden, family, epochs, batch_size, num_samples, learning_rate,
-                      seed, family_options, progress, prior, members)
+    m, results = fit_splits(dataset, data, "bernoulli", 1, hidden, family, epochs, batch_size, num_samples,
+                            learning_rate, seed, family_options, progress, prior, members)
     seconds = time.perf_counter() - t0
     rows, all_p, all_y = [], [], []
     for p, (s, r) in enumerate(zip(chosen, results)):

@@ -87,7 +87,8 @@ def batched_elbo(model, xb, n: int, key) -> np.ndarray:
 def elbo(model, x, key, batch: int = 500) -> np.ndarray:
     """Single-draw ELBO per image, ``x (n, D) -> (n,)``."""
     x = _check_images(model, x, "x")
-    return batched_elbo(model, *_batches(x, min(batch, len(x))), key)
+    xb, n = _batches(x, min(batch, len(x)))
+    return batched_elbo(model, xb, n, key)
 
 
 def evaluate(model, x, key, samples: int = 5000, chunk: int = 500, progress: bool = False) -> dict:

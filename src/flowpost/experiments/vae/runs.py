@@ -69,10 +69,12 @@ class TrainConfig:
             raise ValueError("`k` (importance samples) applies to objective='iwae'; the ELBO uses one draw")
 
     def to_dict(self) -> dict:
+        """The configuration as plain JSON-able data (saved in checkpoints)."""
         return {**dataclasses.asdict(self), "model": self.model.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """The inverse of :meth:`to_dict`."""
         return cls(**{**d, "model": VAEConfig.from_dict(d["model"])})
 
 
@@ -104,13 +106,15 @@ def check_architecture(path, meta: dict, config: TrainConfig) -> None:
     # a resumed run may change its budget (epochs, patience) and its step size (the usual
     # rescue of a run that diverged); anything else would make it another run than the one
     # it continues
+    may_change = ("model", "epochs", "patience", "learning_rate")
     for f in dataclasses.fields(TrainConfig):
-        if f.name not in ("model", "epochs", "patience", "learning_rate") and getattr(saved, f.name) != getattr(config, f.name):
+        if f.name not in may_change and getattr(saved, f.name) != getattr(config, f.name):
             diff[f.name] = (getattr(saved, f.name), getattr(config, f.name))
     if diff:
         what = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{path}: the checkpoint is of another run ({what}); a resumed run may change only "
-                         "`epochs`, `patience` and `learning_rate`. Use another --out folder, or the run's own settings to resume it.")
+                         "`epochs`, `patience` and `learning_rate`. Use another --out folder, or the run's own "
+                         "settings to resume it.")
 
 
 def read(path, like):
