@@ -33,9 +33,14 @@ def posteriordb(out: Path) -> Path:
     fig = figure(figsize=(10, 4.2), dpi=110)
     axes = fig.subplots(1, 3, sharey=True)
     y = np.arange(len(posteriors))
-    for ax, (key, label, target) in zip(axes, (("max_abs_z", "worst |z| of the means", 0.1),
-                                               ("max_abs_log_sd", "worst |log sd ratio|", 0.1),
-                                               ("khat", "PSIS k-hat", 0.7))):
+    for ax, (key, label, target) in zip(
+        axes,
+        (
+            ("max_abs_z", "worst |z| of the means", 0.1),
+            ("max_abs_log_sd", "worst |log sd ratio|", 0.1),
+            ("khat", "PSIS k-hat", 0.7),
+        ),
+    ):
         for i, fam in enumerate(FAMILIES):
             vals = [max(cell[(p, fam)][key], 1e-3) for p in posteriors]
             ax.barh(y + (i - 1) * 0.27, vals, height=0.27, color=COLOURS[fam], label=fam)
@@ -72,8 +77,12 @@ def uci(out: Path) -> Path:
     x = np.arange(len(sets))
     width = 0.8 / len(series)
     for i, (label, vals) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, np.array(vals) - np.array([drop[d] for d in sets]),
-               width=width, label=label)
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            np.array(vals) - np.array([drop[d] for d in sets]),
+            width=width,
+            label=label,
+        )
     ax.axhline(0, color="k", lw=1)
     ax.set_xticks(x, [d.split("-")[0] for d in sets], fontsize=8)
     ax.set_ylabel("test LL - MC dropout's (nats)")
@@ -88,8 +97,9 @@ def uci(out: Path) -> Path:
 def flows(out: Path) -> Path:
     """flowpost's steps per second over FlowJAX's, per flow, dimension and operation."""
     rows = _load("flows.json")["rows"]
-    labels = [f"{r['label'].split(' (')[0]}, d={r['dim']}, {r['op'].replace('sample_and_log_prob', 'sample')}"
-              for r in rows]
+    labels = [
+        f"{r['label'].split(' (')[0]}, d={r['dim']}, {r['op'].replace('sample_and_log_prob', 'sample')}" for r in rows
+    ]
     fig = figure(figsize=(7, 4.5), dpi=110)
     ax = fig.subplots()
     y = np.arange(len(rows))
@@ -113,8 +123,13 @@ def vae(out: Path) -> Path:
     ax = fig.subplots()
     for r in rows:
         ax.scatter(r["seconds_per_epoch"], r["test_neg_elbo"], color="tab:blue")
-        ax.annotate(r["flow"], (r["seconds_per_epoch"], r["test_neg_elbo"]), fontsize=8,
-                    xytext=(4, 3), textcoords="offset points")
+        ax.annotate(
+            r["flow"],
+            (r["seconds_per_epoch"], r["test_neg_elbo"]),
+            fontsize=8,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     ax.set_xlabel("seconds per epoch (CPU)")
     ax.set_ylabel("test -ELBO (nats, lower is better)")
     ax.set_title("flow-VAEs on MNIST, MLP, 2 epochs", fontsize=10)

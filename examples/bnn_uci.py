@@ -26,13 +26,20 @@ def main():
 
     for family in ("meanfield", "subspace"):
         # full batches: the data are small, and the weight draws are then the only gradient noise
-        result = fp.bnn.fit(model, data.x_train, data.y_train, family=family, epochs=2000,
-                            batch_size=len(data.y_train), num_samples=8, learning_rate=3e-3,
-                            key=jax.random.key(1))
+        result = fp.bnn.fit(
+            model,
+            data.x_train,
+            data.y_train,
+            family=family,
+            epochs=2000,
+            batch_size=len(data.y_train),
+            num_samples=8,
+            learning_rate=3e-3,
+            key=jax.random.key(1),
+        )
         thetas = result.sample(jax.random.key(2), 200)
         pred = fp.bnn.predict.regression(model, thetas, data.x_test, data.y_test, data.y_mean, data.y_std)
-        print(f"{family:>9}: {result.status}, test RMSE {pred['rmse']:.3f}, test log-likelihood "
-              f"{pred['test_ll']:.3f}")
+        print(f"{family:>9}: {result.status}, test RMSE {pred['rmse']:.3f}, test log-likelihood {pred['test_ll']:.3f}")
 
     inside = np.mean(np.abs(data.y_test - pred["mean"]) <= 2 * pred["sd"])
     print(f"subspace: {inside:.0%} of the test targets within 2 predictive sd")

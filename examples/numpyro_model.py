@@ -41,15 +41,19 @@ def main():
     print(f"status: {result.status}")
 
     diag = result.diagnostics(jax.random.key(1))
-    print(f"ELBO {diag['elbo']:.2f} ± {diag['elbo_se']:.2f}, PSIS k-hat {diag['khat']:.2f} "
-          f"(below 0.7: the importance weights are reliable), converged: {diag['converged']}")
+    print(
+        f"ELBO {diag['elbo']:.2f} ± {diag['elbo_se']:.2f}, PSIS k-hat {diag['khat']:.2f} "
+        f"(below 0.7: the importance weights are reliable), converged: {diag['converged']}"
+    )
     for w in diag["warnings"]:
         print("warning:", w)
 
     # draws in the model's own terms: latent and deterministic sites
     draws = result.sample(jax.random.key(2), 4000)
-    print(f"tau: mean {np.mean(draws['tau']):.2f}, 90% interval "
-          f"[{np.quantile(draws['tau'], 0.05):.2f}, {np.quantile(draws['tau'], 0.95):.2f}]")
+    print(
+        f"tau: mean {np.mean(draws['tau']):.2f}, 90% interval "
+        f"[{np.quantile(draws['tau'], 0.05):.2f}, {np.quantile(draws['tau'], 0.95):.2f}]"
+    )
     print("theta means:", np.round(np.mean(draws["theta"], axis=0), 1))
 
     # ArviZ: 4 chains of independent draws, so its tools run as on MCMC output

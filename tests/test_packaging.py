@@ -12,8 +12,10 @@ def _run(code: str) -> str:
 
 
 def test_the_cli_and_the_package_import_no_jax_until_needed():
-    out = _run("import sys, flowpost, flowpost.cli; print(sorted(m for m in ('jax', 'rich', 'matplotlib', 'numpyro') "
-               "if m in sys.modules))")
+    out = _run(
+        "import sys, flowpost, flowpost.cli; print(sorted(m for m in ('jax', 'rich', 'matplotlib', 'numpyro') "
+        "if m in sys.modules))"
+    )
     assert out.strip() == "[]", out
 
 
@@ -49,8 +51,11 @@ def test_cli_tables_are_never_cut(capsys):
     from flowpost.cli import _ui
 
     names = [f"a_rather_long_quantity_name[{i}]" for i in range(3)]
-    _ui.table("title", ("quantity", "mean", "sd", "5%", "50%", "95%", "ref mean", "ref sd"),
-              [[n] + ["-1.23e+03"] * 7 for n in names])
+    _ui.table(
+        "title",
+        ("quantity", "mean", "sd", "5%", "50%", "95%", "ref mean", "ref sd"),
+        [[n] + ["-1.23e+03"] * 7 for n in names],
+    )
     out = capsys.readouterr().out
     assert "…" not in out and all(n in out for n in names) and "ref mean" in out
     _ui.error("bad value for theta[0]")  # brackets are text, not markup

@@ -17,9 +17,11 @@ from .vae import app as vae_app
 
 app = typer.Typer(
     help="flowpost: posteriors by normalizing-flow variational inference, in JAX.\n\n"
-         "Start with `flowpost targets` to list the built-in posteriors, then "
-         "`flowpost fit eight_schools --out runs/eight_schools`.",
-    no_args_is_help=True, add_completion=False)
+    "Start with `flowpost targets` to list the built-in posteriors, then "
+    "`flowpost fit eight_schools --out runs/eight_schools`.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 app.add_typer(vae_app, name="vae")
 app.add_typer(bnn_app, name="bnn")
 
@@ -30,8 +32,12 @@ def targets():
     from ..vi import targets as T
 
     aliases = {v: k for k, v in T.aliases().items()}
-    _ui.table("built-in targets (`flowpost fit NAME`)", ("name", "alias"),
-              [(n, aliases.get(n, "")) for n in T.names()], left=(0, 1))
+    _ui.table(
+        "built-in targets (`flowpost fit NAME`)",
+        ("name", "alias"),
+        [(n, aliases.get(n, "")) for n in T.names()],
+        left=(0, 1),
+    )
 
 
 @app.command()
@@ -67,8 +73,15 @@ def fit(
     try:
         t = fp.targets.get(target)
         out_folder("fit", out)  # before training: a fit must not be lost to an unusable --out
-        result = fp.fit(t, family=family, objective=objective, steps=steps, num_samples=num_samples,
-                        learning_rate=learning_rate, key=jax.random.key(seed))
+        result = fp.fit(
+            t,
+            family=family,
+            objective=objective,
+            steps=steps,
+            num_samples=num_samples,
+            learning_rate=learning_rate,
+            key=jax.random.key(seed),
+        )
     except USER_ERRORS as e:
         _ui.error(e)
         raise typer.Exit(2) from None
@@ -83,16 +96,20 @@ def fit(
         row = [name] + [f"{s[k]:.3g}" for k in ("mean", "sd", "q5", "q50", "q95")]
         if t.reference:
             have = name in t.reference
-            row += ([f"{np.mean(t.reference[name]):.3g}", f"{np.std(t.reference[name]):.3g}"] if have else ["", ""])
+            row += [f"{np.mean(t.reference[name]):.3g}", f"{np.std(t.reference[name]):.3g}"] if have else ["", ""]
         rows.append(row)
     _ui.table(f"{t.name}: {family} / {objective}, {result.steps} steps, {result.seconds:.1f} s", columns, rows)
-    _ui.say(f"ELBO {diag['elbo']:.3f} ± {diag['elbo_se']:.3f}   PSIS k-hat {diag['khat']:.2f}   "
-            f"ESS {diag['ess']:.0f}/{draws}   converged: {diag['converged']}   ({result.message})")
+    _ui.say(
+        f"ELBO {diag['elbo']:.3f} ± {diag['elbo_se']:.3f}   PSIS k-hat {diag['khat']:.2f}   "
+        f"ESS {diag['ess']:.0f}/{draws}   converged: {diag['converged']}   ({result.message})"
+    )
     if diag["start"]:
         _ui.say(f"start: {diag['start']}")
     if ref:
-        _ui.say(f"vs reference: worst |z| {ref['max_abs_z']:.3f} ({ref['worst_mean']}), "
-                f"worst |log sd ratio| {ref['max_abs_log_sd']:.3f} ({ref['worst_sd']})")
+        _ui.say(
+            f"vs reference: worst |z| {ref['max_abs_z']:.3f} ({ref['worst_mean']}), "
+            f"worst |log sd ratio| {ref['max_abs_log_sd']:.3f} ({ref['worst_sd']})"
+        )
     for w in diag["warnings"]:
         _ui.warn(w)
     if out is not None:
@@ -103,13 +120,23 @@ def fit(
         plots.loss_curve(result.trace, out / "loss.png", title=f"{t.name} ({family}, {objective})")
         flat = fp.vi.flatten_draws(result.sample(key, draws))
         plots.pair_plot(flat, out / "pairs.png", reference=t.reference, title=t.name)
-        payload = {"target": t.name, "family": family, "objective": objective, "steps": result.steps,
-                   "seconds": result.seconds, "diagnostics": diag, "summary": summary, "reference": ref}
+        payload = {
+            "target": t.name,
+            "family": family,
+            "objective": objective,
+            "steps": result.steps,
+            "seconds": result.seconds,
+            "diagnostics": diag,
+            "summary": summary,
+            "reference": ref,
+        }
         write_json(out / "summary.json", payload)
         _ui.say(f"wrote {out}/summary.json, loss.png, pairs.png, posterior.nc, q.eqx")
         if len(flat) > plots.PAIR_MAX:
-            _ui.say(f"pairs.png shows the first {plots.PAIR_MAX} of {len(flat)} quantities "
-                    "(all of them are in summary.json and posterior.nc)")
+            _ui.say(
+                f"pairs.png shows the first {plots.PAIR_MAX} of {len(flat)} quantities "
+                "(all of them are in summary.json and posterior.nc)"
+            )
 
 
 def main():  # pragma: no cover

@@ -42,8 +42,13 @@ def warn(message: object) -> None:
     console().print(f"[yellow]warning:[/yellow] {escape(str(message))}")
 
 
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], left: Sequence[int] = (0,),
-          bold_last: bool = False) -> None:
+def table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    left: Sequence[int] = (0,),
+    bold_last: bool = False,
+) -> None:
     """Print a table: column ``i`` is left-aligned if ``i in left``, else right-aligned.
 
     Cells are plain text (never markup); ``bold_last`` prints the last row in bold (a

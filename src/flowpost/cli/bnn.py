@@ -10,8 +10,9 @@ import typer
 
 from . import _ui
 
-app = typer.Typer(help="Bayesian neural networks with flow posteriors over the weights.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="Bayesian neural networks with flow posteriors over the weights.", no_args_is_help=True, add_completion=False
+)
 
 
 def _splits(value: Optional[str]):
@@ -50,8 +51,11 @@ def _run(fn, title, metrics, files, **kwargs):
 
 @app.command()
 def uci(
-    dataset: str = typer.Option(..., help="bostonHousing | concrete | energy | kin8nm | naval-propulsion-plant | "
-                                          "power-plant | protein-tertiary-structure | wine-quality-red | yacht"),
+    dataset: str = typer.Option(
+        ...,
+        help="bostonHousing | concrete | energy | kin8nm | naval-propulsion-plant | "
+        "power-plant | protein-tertiary-structure | wine-quality-red | yacht",
+    ),
     family: str = typer.Option("subspace", help="meanfield | lowrank | flow | subspace | blockflow"),
     splits: Optional[str] = typer.Option(None, help="number of splits (first N) or a comma list; default all"),
     epochs: int = typer.Option(400, help="passes over the training data"),
@@ -59,18 +63,32 @@ def uci(
     num_samples: int = typer.Option(4, help="weight draws per step"),
     learning_rate: float = typer.Option(3e-3, help="peak Adam learning rate"),
     members: int = typer.Option(1, help="ensemble size: posteriors fitted per split, predicting as their mixture"),
-    likelihood: str = typer.Option("gaussian", help="gaussian (learned noise) | heteroscedastic (the network "
-                                                    "predicts each example's noise)"),
+    likelihood: str = typer.Option(
+        "gaussian", help="gaussian (learned noise) | heteroscedastic (the network predicts each example's noise)"
+    ),
     seed: int = typer.Option(0, help="PRNG seed"),
     out: Optional[pathlib.Path] = typer.Option(None, help="folder for results.json and predictive.png"),
 ):
     """The UCI regression benchmark: test RMSE and log-likelihood over the standard splits."""
     from ..experiments import bnn
 
-    _run(bnn.run_uci, f"{dataset}: {_label(family, members)}, {epochs} epochs", ("rmse", "test_ll"), "predictive.png",
-         dataset=dataset, family=family, splits=_splits(splits), epochs=epochs, batch_size=batch_size,
-         num_samples=num_samples, learning_rate=learning_rate, seed=seed, members=members,
-         likelihood=likelihood, out=out)
+    _run(
+        bnn.run_uci,
+        f"{dataset}: {_label(family, members)}, {epochs} epochs",
+        ("rmse", "test_ll"),
+        "predictive.png",
+        dataset=dataset,
+        family=family,
+        splits=_splits(splits),
+        epochs=epochs,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        learning_rate=learning_rate,
+        seed=seed,
+        members=members,
+        likelihood=likelihood,
+        out=out,
+    )
 
 
 @app.command()
@@ -88,6 +106,18 @@ def classify(
     """Binary classification (one hidden layer of 50): test accuracy, log-likelihood, ECE."""
     from ..experiments import bnn
 
-    _run(bnn.run_classification, f"{dataset}: {_label(family, members)}, {epochs} epochs",
-         ("accuracy", "test_ll", "ece"), "reliability.png", dataset=dataset, family=family, splits=_splits(splits),
-         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, members=members, out=out)
+    _run(
+        bnn.run_classification,
+        f"{dataset}: {_label(family, members)}, {epochs} epochs",
+        ("accuracy", "test_ll", "ece"),
+        "reliability.png",
+        dataset=dataset,
+        family=family,
+        splits=_splits(splits),
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        members=members,
+        out=out,
+    )

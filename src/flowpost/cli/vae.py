@@ -14,8 +14,11 @@ import typer
 
 from . import _ui
 
-app = typer.Typer(help="VAEs whose encoder posterior is a normalizing flow (MNIST, Frey faces).",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="VAEs whose encoder posterior is a normalizing flow (MNIST, Frey faces).",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.command()
@@ -45,25 +48,48 @@ def train(
     shape = (28, 28) if dataset == "mnist" else (28, 20)
     try:
         model = vae.VAEConfig(flow=flow, arch=arch, latent=latent, image_shape=shape, likelihood=likelihood)
-        config = vae.TrainConfig(model=model, dataset=dataset, objective=objective, k=k, epochs=epochs,
-                                 batch_size=batch_size, learning_rate=learning_rate, warmup=warmup,
-                                 patience=patience, seed=seed, limit=limit)
+        config = vae.TrainConfig(
+            model=model,
+            dataset=dataset,
+            objective=objective,
+            k=k,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            warmup=warmup,
+            patience=patience,
+            seed=seed,
+            limit=limit,
+        )
         result = vae.train(config, out=out)
     except USER_ERRORS as e:
         _ui.error(e)
         raise typer.Exit(2) from None
     best = "-" if not math.isfinite(result.best_valid) else f"{result.best_valid:.2f}"
-    row = (str(result.epochs_done), str(result.best_epoch), best, f"{result.seconds_per_epoch:.2f}",
-           f"{result.compile_seconds:.1f}" if math.isfinite(result.compile_seconds) else "-")
-    _ui.table(f"{flow} VAE on {dataset} ({arch}, {objective})",
-              ("epochs", "best epoch", "best valid -ELBO", "s / epoch", "compile s"), [row], left=())
+    row = (
+        str(result.epochs_done),
+        str(result.best_epoch),
+        best,
+        f"{result.seconds_per_epoch:.2f}",
+        f"{result.compile_seconds:.1f}" if math.isfinite(result.compile_seconds) else "-",
+    )
+    _ui.table(
+        f"{flow} VAE on {dataset} ({arch}, {objective})",
+        ("epochs", "best epoch", "best valid -ELBO", "s / epoch", "compile s"),
+        [row],
+        left=(),
+    )
     _ui.say(result.message)
     if result.status == "nonfinite":  # the last good checkpoint is kept; the command failed
-        _ui.error(f"the run diverged; {out} keeps the checkpoint of epoch {result.epochs_done}. Re-run the same "
-                  "command with a smaller --learning-rate to resume from it, or inspect history.json.")
+        _ui.error(
+            f"the run diverged; {out} keeps the checkpoint of epoch {result.epochs_done}. Re-run the same "
+            "command with a smaller --learning-rate to resume from it, or inspect history.json."
+        )
         raise typer.Exit(1)
-    _ui.say(f"wrote {out}/checkpoint.eqx, best.eqx, history.json, summary.json, samples.png, "
-                  f"reconstructions.png; next: flowpost vae eval {out}")
+    _ui.say(
+        f"wrote {out}/checkpoint.eqx, best.eqx, history.json, summary.json, samples.png, "
+        f"reconstructions.png; next: flowpost vae eval {out}"
+    )
     if result.status == "interrupted":
         raise typer.Exit(130)
 
@@ -86,7 +112,10 @@ def eval_(
     except USER_ERRORS as e:
         _ui.error(e)
         raise typer.Exit(2) from None
-    _ui.table(f"{r['flow']} VAE, {r['dataset']} test set ({r['n_images']} images)",
-              ("-ELBO (nats)", f"NLL (nats, {samples} samples)"), [(f"{r['neg_elbo']:.2f}", f"{r['nll']:.2f}")],
-              left=())
+    _ui.table(
+        f"{r['flow']} VAE, {r['dataset']} test set ({r['n_images']} images)",
+        ("-ELBO (nats)", f"NLL (nats, {samples} samples)"),
+        [(f"{r['neg_elbo']:.2f}", f"{r['nll']:.2f}")],
+        left=(),
+    )
     _ui.say(f"wrote {run}/eval.json")

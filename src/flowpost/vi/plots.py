@@ -43,10 +43,10 @@ def loss_curve(trace, path, title: str = "") -> pathlib.Path:
     w = max(len(elbo) // 50, 1)
     if len(elbo) >= w:
         run = np.convolve(elbo, np.ones(w) / w, mode="valid")
-        ax.plot(steps[w - 1:], run, color="tab:blue", lw=1.5, label=f"running mean ({w})")
+        ax.plot(steps[w - 1 :], run, color="tab:blue", lw=1.5, label=f"running mean ({w})")
     finite = elbo[np.isfinite(elbo)]
     if finite.size:
-        lo = np.quantile(finite[len(finite) // 10:] if finite.size > 10 else finite, 0.01)
+        lo = np.quantile(finite[len(finite) // 10 :] if finite.size > 10 else finite, 0.01)
         ax.set_ylim(lo - 0.1 * abs(lo) - 1, np.max(finite) + 0.05 * abs(np.max(finite)) + 1)
     ax.set_xlabel("step")
     ax.set_ylabel("ELBO estimate")
@@ -58,8 +58,13 @@ def loss_curve(trace, path, title: str = "") -> pathlib.Path:
     return path
 
 
-def pair_plot(flat: Mapping[str, np.ndarray], path, reference: Mapping[str, np.ndarray] | None = None,
-              max_vars: int | None = PAIR_MAX, title: str = "") -> pathlib.Path:
+def pair_plot(
+    flat: Mapping[str, np.ndarray],
+    path,
+    reference: Mapping[str, np.ndarray] | None = None,
+    max_vars: int | None = PAIR_MAX,
+    title: str = "",
+) -> pathlib.Path:
     """Lower-triangle scatter and diagonal histograms of the quantities in ``flat``.
 
     Every quantity is shown when there are at most ``max_vars`` (``None``: no limit);

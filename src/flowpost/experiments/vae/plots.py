@@ -21,7 +21,7 @@ def image_grid(images, image_shape, path, title: str = "", cols: int = 10) -> pa
     canvas = np.ones((rows * (h + 2), cols * (w + 2)))
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
-        canvas[r * (h + 2) + 1:r * (h + 2) + 1 + h, c * (w + 2) + 1:c * (w + 2) + 1 + w] = im
+        canvas[r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = im
     fig = figure(figsize=(cols * (w + 2) / 28, rows * (h + 2) / 28 + (0.4 if title else 0)), dpi=100)
     ax = fig.subplots()
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -43,6 +43,8 @@ def reconstructions(model, x, key, image_shape, path, title: str = "") -> pathli
     x = np.asarray(x)[:50]
     keys = jax.random.split(key, len(x))
     rec = np.asarray(eqx.filter_jit(lambda m, a, k: jax.vmap(m.reconstruct)(a, k))(model, x, keys))
-    pairs = np.concatenate([np.stack([x[i:i + 10], rec[i:i + 10]]) for i in range(0, len(x), 10)
-                            if len(x[i:i + 10]) == 10] or [x[None], rec[None]])
+    pairs = np.concatenate(
+        [np.stack([x[i : i + 10], rec[i : i + 10]]) for i in range(0, len(x), 10) if len(x[i : i + 10]) == 10]
+        or [x[None], rec[None]]
+    )
     return image_grid(pairs.reshape(-1, x.shape[1]), image_shape, path, title)
