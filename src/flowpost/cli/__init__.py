@@ -45,8 +45,10 @@ def fit(
     target: str = typer.Argument(..., help="a built-in target name (see `flowpost targets`)"),
     family: str = typer.Option("flow", help="flow | fullrank | meanfield"),
     objective: str = typer.Option("elbo", help="elbo | iwelbo | renyi | fkl"),
-    steps: int = typer.Option(3000, help="optimisation steps"),
-    num_samples: int = typer.Option(256, help="draws per step"),
+    steps: Optional[int] = typer.Option(
+        None, help="optimisation steps, exactly (default: automatic, up to 3000, stopping once q is confirmed)"
+    ),
+    num_samples: Optional[int] = typer.Option(None, help="draws per step (default: 128 automatic, 256 with --steps)"),
     learning_rate: float = typer.Option(5e-3, help="peak learning rate of the default Adam schedule"),
     seed: int = typer.Option(0, help="PRNG seed"),
     draws: int = typer.Option(4000, help="posterior draws for the summary and outputs"),
@@ -54,9 +56,10 @@ def fit(
 ):
     """Fit a variational posterior to TARGET and report it.
 
-    Prints a summary table (mean, sd, quantiles per quantity; k-hat, ESS). With --out,
-    writes summary.json, loss.png, pairs.png, posterior.nc and the saved result (load it
-    with flowpost.load(OUT))."""
+    Prints a summary table (mean, sd, quantiles per quantity), k-hat, ESS and convergence.
+
+    With --out, writes summary.json, loss.png, pairs.png, posterior.nc and the saved result (flowpost.load(OUT)).
+    """
     import warnings
 
     import jax
