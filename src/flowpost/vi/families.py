@@ -14,8 +14,8 @@ flow starts at the Laplace Gaussian, the couplings only have to learn what is no
 Gaussian, and the optimiser works in units of the posterior's standard deviations
 (preconditioning that lets one learning rate serve posteriors whose scales differ by
 orders of magnitude). The heavier-tailed base (Jaini et al. 2020) keeps the importance weights
-  p/q bounded in the tails: on the posteriordb references it took PSIS k-hat from 0.70 to
-  0.07 (arK) and from 0.79 to -0.12 (low_dim_gauss_mix) at equal accuracy.
+p/q bounded in the tails, which is what PSIS k-hat measures (measurements: the
+reference-posterior benchmark page of the documentation).
 
 A user may also pass any :class:`~flowpost.flows.Flow` of the right dimension.
 """
@@ -65,14 +65,13 @@ def tail_df(dim: int) -> float | None:
 
     The base's tails are fixed and its coordinates independent, so on a Gaussian posterior
     it costs ``KL(t_df || N) ~ 0.8 / df^2`` nats per coordinate (0.0093 at ``df = 10``,
-    computed numerically) that no training removes: on a 200-dimensional Gaussian a
-    ``df = 10`` base left 1.86 nats and an importance-sampling ESS of 11%, a normal base
-    0.00 nats and 100%. ``df`` is the smallest integer, at least 10, that keeps this cost
+    computed numerically) that no training removes, and that grows with the dimension.
+    ``df`` is the smallest integer, at least 10, that keeps this cost
     under 0.25 nats in all (``ceil(sqrt(3.2 dim))``: 10 up to 31 coordinates, so every
     posteriordb reference keeps the base it was measured with), and a normal base once
     that exceeds 30 (more than 281 coordinates), where t and normal tails hardly differ
-    and the normal base samples about twice as fast. (A 0.1-nat budget gave gp_pois_regr,
-    13 coordinates, df = 11 and moved its k-hat from 0.45 to 0.68.)"""
+    and the normal base samples faster. (Why 0.25 nats and not less: the
+    reference-posterior benchmark page.)"""
     df = max(10, math.ceil(math.sqrt(3.2 * dim)))
     return float(df) if df <= 30 else None
 
