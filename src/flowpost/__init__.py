@@ -13,10 +13,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["flows", "vi", "targets", "Target", "fit", "load", "FitResult"]
+__all__ = ["engine", "flows", "vi", "targets", "Target", "fit", "load", "FitResult"]
 
 # name -> (module, attribute or None for the module itself)
 _LAZY = {
+    "engine": (".engine", None),
     "flows": (".flows", None),
     "vi": (".vi", None),
     "targets": (".vi", "targets"),
@@ -47,7 +48,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static tools (type checkers, the API docs) see
-    from . import data, flows, vi  # noqa: F401
+    from . import data, engine, flows, vi  # noqa: F401
     from .experiments import bnn, vae  # noqa: F401
     from .vi import targets
     from .vi.fit import fit

@@ -6,12 +6,12 @@ one checkpoint format (:mod:`flowpost.engine.checkpoint`).
 This is the lowest layer of flowpost: it knows nothing of flows, VI, VAEs or networks.
 """
 
-from . import checkpoint
+from . import checkpoint, devices
 from .loop import (Info, Outcome, Status, TrainState, epoch_chunks, finite, guard, init, make_step, partition,
                    run, runner, scan_chunks, vmapped)
 from .optim import as_key, default_optimizer
 from .progress import ProgressBar
 
-__all__ = ["checkpoint", "Info", "Outcome", "Status", "TrainState", "epoch_chunks", "finite", "guard", "init",
+__all__ = ["checkpoint", "devices", "Info", "Outcome", "Status", "TrainState", "epoch_chunks", "finite", "guard", "init",
            "make_step", "partition", "run", "runner", "scan_chunks", "vmapped", "ProgressBar", "default_optimizer",
            "as_key"]

@@ -34,6 +34,8 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from . import devices
+
 
 class Status(str, enum.Enum):
     """How a run ended (a ``str``: ``result.status == "completed"`` works)."""
@@ -212,7 +214,7 @@ def runner(make_chunk, step):
 
 
 def run(chunks, state: TrainState, total: int, *, data: tuple = (), chunk: int = 100, start: int = 0,
-          on_chunk=None, progress=None, show=None, sets: bool = False) -> Outcome:
+        on_chunk=None, progress=None, show=None, sets: bool = False, mesh=None) -> Outcome:
     """Drive ``total`` units (steps or epochs) from ``start`` in chunks of ``chunk`` units.
 
     Args:
@@ -228,8 +230,11 @@ def run(chunks, state: TrainState, total: int, *, data: tuple = (), chunk: int =
             ``show(info) -> {field: text}`` gives its live values.
         sets: ``P`` runs trained together; each stops alone on a non-finite value, the
             run ends when all have.
+        mesh: a :func:`flowpost.engine.devices.mesh`: state and data are replicated over
+            its devices (the step shards its batch axes); None: one device.
     """
     plain, guarded = chunks
+    state, data = devices.replicate((state, data), mesh)
     infos, timings, failed, failed_info = [], [], None, None
     done, status, t0, use_guard = start, Status.COMPLETED, time.perf_counter(), False
     try:
@@ -238,14 +243,14 @@ def run(chunks, state: TrainState, total: int, *, data: tuple = (), chunk: int =
             t_chunk = time.perf_counter()
             before = state
             state, info = (guarded if use_guard else plain)(state, n, *data)
-            info = jax.tree.map(np.asarray, info)
+            info = devices.to_host(info)
             if not use_guard and not finite(info, np).all():
                 # re-run the chunk from its start, freezing each run at its first bad step
                 state, info = guarded(before, n, *data)
-                info = jax.tree.map(np.asarray, info)
+                info = devices.to_host(info)
                 use_guard = True
             timings.append((n, time.perf_counter() - t_chunk))
-            failed_at = np.asarray(state.failed_at)
+            failed_at = devices.to_host(state.failed_at)
             if not sets and failed_at >= 0:
                 # keep the units before the failure (a unit is one step or one epoch)
                 k = _units_before(info)
@@ -261,16 +266,15 @@ def run(chunks, state: TrainState, total: int, *, data: tuple = (), chunk: int =
                 status = Status.NONFINITE
                 break
             if on_chunk is not None:
-                stop = on_chunk(state, info, done)
+                stop = on_chunk(devices.local(state), info, done)
                 if stop is not None:
                     status = Status(stop)
                     break
     except KeyboardInterrupt:
         status = Status.INTERRUPTED
-    if sets:
-        failed = [int(f) if f >= 0 else None for f in np.asarray(state.failed_at)]
-    else:
-        failed = [int(state.failed_at) if int(state.failed_at) >= 0 else None]
+    failed_at = devices.to_host(state.failed_at)
+    failed = [int(f) if f >= 0 else None for f in np.atleast_1d(failed_at)]
+    state = devices.local(state)
     info = _concat(infos, sets)
     return Outcome(state, info, status, done, failed, timings, time.perf_counter() - t0, failed_info)
 

@@ -68,10 +68,20 @@ class FitResult:
         """``log q(u)`` for unconstrained ``u (..., dim)``."""
         return self.q.log_prob(u)
 
+    def log_densities(self, key, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Draws ``u (n, dim)``, the target's ``log p(u)`` and ``log q(u)`` (each ``(n,)``).
+
+        For a target over many data rows (``target.rows``) the draws are evaluated in
+        groups (``lax.map``), so that memory holds about 10^7 row terms at a time."""
+        u, lq = self.sample_unconstrained(key, n)
+        rows = getattr(self.target, "rows", None)
+        group = None if rows is None else max(1, 10**7 // max(size for size, _ in rows.sizes.values()))
+        lp = _batched_log_prob(self.target.log_prob, u, group)
+        return u, lp, lq
+
     def log_weights(self, key, n: int) -> tuple[jax.Array, np.ndarray]:
         """Draws ``u (n, dim)`` and their log importance weights ``log p(u) - log q(u)``."""
-        u, lq = self.sample_unconstrained(key, n)
-        lp = jax.jit(jax.vmap(self.target.log_prob))(u)
+        u, lp, lq = self.log_densities(key, n)
         return u, np.asarray(lp - lq, dtype=np.float64)
 
     # -- diagnostics --------------------------------------------------------------------
@@ -192,7 +202,8 @@ class FitResult:
         if per < 1:
             raise ValueError(f"to_arviz: `n` ({n}) must be at least `chains` ({chains})")
         key = jax.random.key(0) if key is None else key
-        u, log_w = self.log_weights(key, per * chains)
+        u, lp, lq = self.log_densities(key, per * chains)
+        log_w = np.asarray(lp - lq, dtype=np.float64)
         draws = self.constrain(u)
 
         def split(a):
@@ -200,7 +211,7 @@ class FitResult:
             return a.reshape(chains, per, *a.shape[1:])
 
         posterior = {k: split(v) for k, v in draws.items()}
-        stats = {"log_weight": split(log_w), "lp": split(jax.jit(jax.vmap(self.target.log_prob))(u))}
+        stats = {"log_weight": split(log_w), "lp": split(lp)}
         return az.from_dict(posterior=posterior, sample_stats=stats,
                             attrs={"target": self.target.name, "family": self.family, "objective": self.objective,
                                    "inference_library": "flowpost"})
@@ -275,6 +286,14 @@ def read_flow(path, meta: dict, like, who: str):
     # results saved before the trace had ``update_norm`` load with it NaN
     trace = Trace(*(tr[f] if f in tr.files else np.full_like(tr["loss"], np.nan) for f in Trace._fields))
     return q, trace
+
+
+@eqx.filter_jit
+def _batched_log_prob(log_prob, u, group):
+    """``log_prob`` at each row of ``u``: one ``vmap``, or ``lax.map`` over groups of ``group``."""
+    if group is None or group >= u.shape[0]:
+        return jax.vmap(log_prob)(u)
+    return jax.lax.map(log_prob, u, batch_size=group)
 
 
 @eqx.filter_jit

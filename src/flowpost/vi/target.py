@@ -47,6 +47,10 @@ class Target:
         name: a label used in tables and file names.
         builtin: set by :func:`flowpost.targets.get` (``{"name": ..., "kwargs": {...}}``)
             so that :func:`flowpost.load` can rebuild a built-in target; leave it ``None``.
+        rows: optional :class:`~flowpost.vi.subsample.Rows`: the log density is a sum over
+            data rows and can be estimated from a batch of them, so :func:`flowpost.fit`
+            subsamples (set by :func:`flowpost.targets.from_rows` and by
+            :func:`flowpost.targets.from_numpyro` for a plate with ``subsample_size``).
     """
 
     log_prob: Callable[[Array], Array]
@@ -57,6 +61,7 @@ class Target:
     log_z: float | None = None
     name: str = "target"
     builtin: Mapping[str, Any] | None = None
+    rows: Any = None
 
     def __post_init__(self):
         if not callable(self.log_prob):

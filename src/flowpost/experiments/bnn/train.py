@@ -138,7 +138,7 @@ def fit(model: BNN, x, y, family="meanfield", **kwargs) -> BNNResult:
 def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch_size: int = 32,
              num_samples: int = 4, learning_rate: float = 1e-3, optimizer: optax.GradientTransformation | None = None,
              key=None, family_options: dict | None = None, chunk: int | None = None, progress: bool = True,
-             label: str = "bnn", members: int = 1) -> list[BNNResult]:
+             label: str = "bnn", members: int = 1, devices: int | None = None) -> list[BNNResult]:
     """Fit independent posteriors to ``P`` data sets of equal shape in one compiled program.
 
     Args:
@@ -157,6 +157,9 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
             random draws, each by its own ELBO; the result's ``q`` is their equal-weight
             :class:`flowpost.flows.Mixture` (an ensemble of variational posteriors, as in
             MultiSWAG, Wilson & Izmailov 2020). ``members`` times the cost of one.
+        devices: split each minibatch's rows over this many devices
+            (:mod:`flowpost.engine.devices`); the weights' posterior is replicated and the
+            gradient all-reduced. ``None``: one device.
 
     Returns:
         one :class:`BNNResult` per data set. A non-finite loss freezes that data set's state
@@ -167,7 +170,7 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     if members > 1:
         return _ensemble(model, xs, ys, family, members, key, label, dict(
             epochs=epochs, batch_size=batch_size, num_samples=num_samples, learning_rate=learning_rate,
-            optimizer=optimizer, family_options=family_options, chunk=chunk, progress=progress))
+            optimizer=optimizer, family_options=family_options, chunk=chunk, progress=progress, devices=devices))
     if optimizer is None:
         check_positive("bnn.fit", learning_rate=learning_rate)
     xs, ys = np.asarray(xs), np.asarray(ys)
@@ -189,8 +192,11 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     params, build = flat_params(q)
     obj = objectives.get("elbo")
 
+    mesh = engine.devices.mesh(devices, "bnn.fit")
+    engine.devices.check_divisible(mesh, batch, "the batch size", "bnn.fit")
+
     def loss_fn(params, key, batch, step):
-        x, y = batch
+        x, y = (engine.devices.shard(a, mesh) for a in batch)
         return obj(build(params), minibatch_log_joint(model, x, y, n), key, num_samples)
 
     keys = jax.vmap(lambda p: jax.random.fold_in(k_run, p))(jnp.arange(n_sets))
@@ -200,7 +206,8 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     label = f"fit {label} ({family if isinstance(family, str) else 'custom'}, {n_sets} set(s))"
     with ProgressBar(epochs, label, {"elbo": "ELBO"}, enabled=progress) as bar:
         out = engine.run(chunks, states, epochs, data=(xs, ys), chunk=chunk or max(1, epochs // 50), progress=bar,
-                         show=lambda info: {"elbo": f"{float(np.mean(info.aux[:, -1])):.4g}"}, sets=True)
+                         show=lambda info: {"elbo": f"{float(np.mean(info.aux[:, -1])):.4g}"}, sets=True,
+                         mesh=mesh)
     trace = Trace.of(out.info) if out.info is not None else Trace(*(np.zeros((n_sets, 0)) for _ in Trace._fields))
     message = "completed"
     if out.status == Status.INTERRUPTED:

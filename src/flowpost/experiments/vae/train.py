@@ -73,16 +73,17 @@ def beta_schedule(epoch, warmup: int):
 
 
 def epoch_runner(static, objective: str, k: int, batch_size: int, n_train: int, warmup: int,
-                 optimizer: optax.GradientTransformation):
+                 optimizer: optax.GradientTransformation, mesh=None):
     """The engine's ``(plain, guarded)`` chunk functions for one epoch of the VAE: its loss
     is the negative ELBO (KL weight :func:`beta_schedule` of the epoch, derived from the
     step count) or the negative IWAE bound with ``k`` samples. ``static`` is the model's
-    non-array part (``eqx.partition``)."""
+    non-array part (``eqx.partition``); with a ``mesh`` each minibatch's images are split
+    over its devices."""
     n_batches = n_train // batch_size
 
     def loss_fn(params, key, batch, step):
         model = eqx.combine(params, static)
-        (xb,) = batch
+        xb = engine.devices.shard(batch[0], mesh)
         if objective == "iwae":
             return objectives.iwae(model, xb, key, k)[0], None
         beta = beta_schedule(step // n_batches, warmup) if warmup > 0 else 1.0
@@ -108,7 +109,8 @@ def _check_data(config: TrainConfig, d: vdata.ImageData):
 
 
 def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None, progress: bool = True,
-          plots_at_end: bool = True, optimizer: optax.GradientTransformation | None = None) -> TrainResult:
+          plots_at_end: bool = True, optimizer: optax.GradientTransformation | None = None,
+          devices: int | None = None) -> TrainResult:
     """Train the VAE of ``config`` (resuming from ``out/checkpoint.eqx`` if there is one).
 
     Args:
@@ -119,6 +121,9 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         plots_at_end: write samples.png and reconstructions.png of the best model.
         optimizer: an optax transformation (default ``optax.adam(config.learning_rate)``,
             the protocol's); a resumed run needs one whose state has the same structure.
+        devices: split each minibatch's images over this many devices
+            (:mod:`flowpost.engine.devices`); the model is replicated, the gradient
+            all-reduced, and only process 0 writes files. ``None``: one device.
 
     Returns:
         :class:`TrainResult` with the best model.
@@ -160,8 +165,11 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
     x_train = jnp.asarray(d.train, jnp.float32)
     n_batches = len(x_train) // config.batch_size
     x_valid, n_valid = evaluate._batches(np.asarray(d.valid, np.float32), min(500, len(d.valid)))
+    mesh = engine.devices.mesh(devices, "vae.train")
+    writer = out is not None and engine.devices.is_writer()  # one process writes the run's files
+    engine.devices.check_divisible(mesh, config.batch_size, "`batch_size`", "vae.train")
     chunks = epoch_runner(static, config.objective, config.k, config.batch_size, len(x_train), config.warmup,
-                          optimizer)
+                          optimizer, mesh)
     state = engine.TrainState(saved.params, saved.opt_state, jax.random.wrap_key_data(saved.key),
                               jnp.asarray(start * n_batches, jnp.int32), jnp.full((), -1, jnp.int32))
 
@@ -188,11 +196,11 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
                         "seconds": seconds, "this_call": True})
         if valid < best_valid:
             best_valid, best_epoch, since_best, best_params = valid, done, 0, state.params
-            if out is not None:
+            if writer:
                 runs.write(out / runs.BEST, record(done), eqx.combine(best_params, static))
         else:
             since_best += 1
-        if out is not None:
+        if writer:
             runs.write(ckpt, record(done), TrainState(state.params, state.opt_state, jax.random.key_data(state.key)))
             write_json(out / "history.json", record(done)["history"], indent=1)
         bar.update(done, loss=f"{loss:.2f}", valid=f"{valid:.2f}")
@@ -209,7 +217,7 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
     if status is None:
         with bar:
             out_ = engine.run(chunks, state, config.epochs, data=(x_train,), chunk=1, start=start,
-                              on_chunk=after_epoch)
+                              on_chunk=after_epoch, mesh=mesh)
         status = out_.status
         done = history[-1]["epoch"] if history else start
         if status == Status.COMPLETED:
@@ -234,7 +242,7 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
     epochs_done = history[-1]["epoch"] if history else start
     result = TrainResult(best_model, config, history, best_epoch, best_valid, epochs_done, message, status,
                          compile_seconds, out)
-    if out is not None and (now or not (out / "summary.json").exists()):  # a call that trained nothing keeps it
+    if writer and (now or not (out / "summary.json").exists()):  # a call that trained nothing keeps it
         summary = {"config": config.to_dict(), "message": message, "epochs_done": epochs_done,
                    "best_epoch": best_epoch, "best_valid_neg_elbo": best_valid,
                    "seconds_per_epoch": result.seconds_per_epoch, "compile_seconds": compile_seconds}

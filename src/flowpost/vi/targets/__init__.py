@@ -4,6 +4,7 @@
     get("funnel", dim=10)         # toy targets take keyword arguments
     names()                       # every registered name (canonical, not aliases)
     from_numpyro(model, *args, **kwargs)
+    from_rows(log_lik, data, dim, log_prior=...)   # a per-row likelihood: fit subsamples it
 
 Toy and 2-D targets: :mod:`.builtin`; posteriordb: :mod:`.posteriordb`.
 """
@@ -17,8 +18,9 @@ import inspect
 
 from ..target import Target
 from . import builtin, posteriordb
+from .rows import from_rows
 
-__all__ = ["Target", "get", "names", "aliases", "from_numpyro"]
+__all__ = ["Target", "get", "names", "aliases", "from_numpyro", "from_rows"]
 
 _REGISTRY = {
     **{f"u{i}": functools.partial(builtin.energy, f"u{i}") for i in range(1, 5)},
