@@ -72,7 +72,7 @@ def diagnose(result, key=None, n: int = 4000) -> dict[str, Any]:
     (a :class:`~flowpost.vi.result.FitResult`); see :meth:`FitResult.diagnostics`."""
     key = jax.random.key(12345) if key is None else key
     check_ints(least=10, n=n)  # PSIS fits a tail to the largest weights: it needs some
-    _, log_w = result.log_weights(key, n)
+    u, log_w = result.log_weights(key, n)
     nan = np.isnan(log_w)  # a NaN log density is a rejection, -inf (fp.fit reads it so too)
     log_w = np.where(nan, -np.inf, log_w)
     finite = np.isfinite(log_w)
@@ -124,8 +124,52 @@ def diagnose(result, key=None, n: int = 4000) -> dict[str, Any]:
                      "k-hat and ESS are those of importance sampling on the extended space (theta, eps), whose weights "
                      "p/q^ are exact there but noisier than p/q: typically a larger k-hat than exact weights would give, "
                      "approaching it as K grows. It is not the k-hat of q's marginal density.")
+    if finite.sum() >= 10:
+        out["psis_moment_gap"] = trust(result, u, log_w, khat, notes)
     out["warnings"] = notes
     return out
+
+
+#: q's mean or sd is reported off when it differs from the PSIS-corrected one by more
+#: than this many posterior sds (the accuracy bar: |z| < 0.1, |log sd| < 0.1)
+MOMENT_GAP = 0.1
+
+
+def trust(result, u, log_w, khat: float, notes: list) -> dict[str, Any]:
+    """q's own means and sds against the importance-weighted (PSIS) ones, per quantity in
+    the model's space; appends a warning to ``notes`` naming every quantity whose mean
+    differs by more than :data:`MOMENT_GAP` posterior sd, or whose sd by more than that in
+    log ratio, beyond twice the weighted estimate's Monte Carlo error
+    (:func:`flowpost.vi.stopping.moment_gap`). Such a q is off where k-hat alone can look
+    fine (issue 16: a mean-field fit with one sd 26% off had k-hat 0.49 and a flat ELBO).
+
+    Returns ``{"max_mean_gap", "max_sd_gap", "off": {name: {"mean_gap", "sd_gap"}}}``."""
+    from .stopping import moment_gap
+    from .target import flatten_draws
+
+    finite = np.isfinite(log_w)
+    flat = flatten_draws(result.constrain(u[np.asarray(finite)]))
+    names = list(flat)
+    x = np.stack([np.asarray(flat[k], np.float64) for k in names], 1)
+    lw, _ = psis(log_w[finite])
+    gap = moment_gap(x, lw)
+    with np.errstate(invalid="ignore"):
+        off_m = (gap["mean_gap"] > MOMENT_GAP) & (gap["mean_gap"] > 2 * gap["mean_se"])
+        off_s = (gap["sd_gap"] > MOMENT_GAP) & (gap["sd_gap"] > 2 * gap["sd_se"])
+    off = {names[i]: {"mean_gap": float(gap["mean_gap"][i]), "sd_gap": float(gap["sd_gap"][i])}
+           for i in np.flatnonzero(off_m | off_s)}
+    if off:
+        worst = sorted(off, key=lambda k: -max(off[k]["mean_gap"], off[k]["sd_gap"]))
+        said = ", ".join(f"{k} (mean {off[k]['mean_gap']:.2f} sd apart, sd {100 * np.expm1(off[k]['sd_gap']):.0f}% "
+                         "apart)" for k in worst[:8]) + (f" and {len(worst) - 8} more" if len(worst) > 8 else "")
+        verdict = (f"k-hat {khat:.2f} < 0.7 says the corrected draws can be trusted" if khat < 0.7 else
+                   f"but k-hat {khat:.2f} >= 0.7 says the corrected draws cannot be trusted either: q misses part "
+                   "of the posterior (a richer family, more steps, or NUTS)")
+        notes.append(f"q's own draws differ from the importance-weighted (PSIS) estimates by more than "
+                     f"{MOMENT_GAP} posterior sd in {len(off)} quantit{'y' if len(off) == 1 else 'ies'}: {said}. "
+                     f"`result.resample(key, n)` gives the corrected draws; {verdict}.")
+    return {"max_mean_gap": float(np.nanmax(gap["mean_gap"])), "max_sd_gap": float(np.nanmax(gap["sd_gap"])),
+            "off": off}
 
 
 def compare(flat: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from ..engine import as_key as _as_key
 from ..engine import guard as freeze_nonfinite
 from . import families, objectives, stopping
 from .diagnostics import psis
-from .init import laplace, standard_start
+from .init import MAX_DENSE_DIM, find_mode, laplace, standard_start
+from .subsample import Rows, batch_log_p, taylor_estimator
 from .target import Target
 
 __all__ = ["fit", "make_step", "flat_params", "freeze_nonfinite", "FitState", "Trace", "default_optimizer"]
@@ -76,9 +77,20 @@ def make_step(build, objective, log_p, optimizer, num_samples):
 
 
 def _check_target(target, key):
-    """Clear errors for a bad target before anything is compiled; returns its log density,
-    cast to the input's dtype if it returns another float (a float32 ``log_prob`` under
-    ``jax_enable_x64``), and warns if part of the probe points have an infinite density."""
+    """Clear errors for a bad target before anything is compiled; returns the log density
+    every later stage uses (L-BFGS, training, the Laplace Hessian): cast to the input's dtype
+    if it returns another float (a float32 ``log_prob`` under ``jax_enable_x64``), with NaN
+    read as -inf, a rejection, as Stan reads it (:func:`~flowpost.vi.objectives.reject_nan`:
+    finite gradients there). ``diagnostics()`` counts q's draws where it is NaN.
+
+    Probes: ``u = 0`` (where the mode search starts) and 8 ``N(0, I)`` points (where a
+    standard start draws). Refused only when the density is NaN or -inf at all 9: the fit
+    then has nowhere to start (the message names the NaN / -inf sites of a
+    :func:`~flowpost.targets.from_numpyro` model at 0, and in float32 says how to fix
+    round-off). A NaN elsewhere is not an error (an ODE solver failing at absurd parameter
+    values is a rejection there); in float32, NaN probes that are finite in float64 get a
+    warning naming the fix (float64 or jitter). Warns if some probes are -inf (a restricted
+    support that wants a transform)."""
     if not isinstance(target, Target):
         raise TypeError(f"fit: `target` must be a flowpost.Target (see fp.Target, fp.targets.get, "
                         f"fp.targets.from_numpyro), got {type(target).__name__}")
@@ -104,30 +116,42 @@ def _check_target(target, key):
     target._flat_names(quantities)  # the count of `names` against constrain's output, a clear ValueError
     # an array of the input's dtype: a float32 log_prob under x64 is cast, and a Python
     # float (e.g. a constant density) becomes an array that optax's L-BFGS can use
-    log_prob = lambda v: jnp.asarray(target.log_prob(v)).astype(v.dtype)  # noqa: E731
+    raw = lambda v: jnp.asarray(target.log_prob(v)).astype(v.dtype)  # noqa: E731
     probe = jax.random.normal(key, (8, target.dim))
-    values = np.asarray(jax.jit(jax.vmap(log_prob))(probe))
-    zero = float(jax.jit(log_prob)(u))
-    if np.any(np.isnan(values)) or np.isnan(zero):
-        raise ValueError("fit: target.log_prob returns NaN at some of 0 and 8 random N(0, I) points "
-                         f"({zero}, {values.tolist()}); a log density must never be NaN.")
+    values = np.asarray(jax.jit(jax.vmap(raw))(probe))
+    zero = float(jax.jit(raw)(u))
+    nan = np.isnan(np.append(values, zero))
+    float32_fix = ("; in float32 a NaN is often round-off (e.g. the Cholesky factor of a nearly singular "
+                   "covariance): enable float64 with jax.config.update(\"jax_enable_x64\", True) before building "
+                   "the target and its data, or add jitter to the covariance's diagonal") \
+        if u.dtype == jnp.float32 else ""
     if not np.isfinite(zero) and not np.any(np.isfinite(values)):
+        sites = objectives.nonfinite_sites(target, u)
         raise ValueError("fit: target.log_prob is not finite at 0 nor at 8 random N(0, I) points "
-                         f"(values {zero}, {values.tolist()}); check the density and its support "
-                         "(log_prob must be defined on all of R^dim: map constrained parameters with `constrain`).")
+                         f"(values {zero}, {values.tolist()}), so the fit has nowhere to start"
+                         + (f" (NaN, which counts as -inf, at {int(nan.sum())} of them)" if nan.any() else "")
+                         + f"{sites}; check the density and its support (log_prob must be defined on all of "
+                         "R^dim: map constrained parameters with `constrain`)" + (float32_fix if nan.any() else "")
+                         + ".")
+    if nan.any() and float32_fix and objectives.finite_in_float64(target, np.append(probe, u[None], 0)[nan]):
+        warnings.warn(f"fit: target.log_prob is NaN in float32 at {int(nan.sum())} of 0 and 8 random N(0, I) "
+                      "points, and finite there in float64: round-off. NaN counts as -inf (a rejection), so "
+                      "draws there are lost" + float32_fix + ".", RuntimeWarning, stacklevel=3)
+    values = np.where(np.isnan(values), 0.0, values)  # NaN probes are rejections, not a support to warn of
     if not np.all(np.isfinite(values)):
         warnings.warn(f"fit: target.log_prob is infinite at {int(np.sum(~np.isfinite(values)))} of 8 random "
                       f"N(0, I) points ({values.tolist()}). Every family has support on all of R^dim, so a draw "
                       "there makes the loss infinite and stops the fit: if the density has a restricted support, "
                       "reparameterise it onto R^dim (e.g. log for a positive parameter) and map back with "
                       "`constrain`.", RuntimeWarning, stacklevel=3)
-    return log_prob
+    return objectives.reject_nan(raw)
 
 
 def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = None, num_samples: int | None = None,
         optimizer: optax.GradientTransformation | None = None, learning_rate: float = 5e-3,
         key=None, init="laplace", objective_options: dict | None = None, chunk: int = 100,
-        tol: float | None = None, progress: bool = True):
+        tol: float | None = None, progress: bool = True, subsample: bool | None = None,
+        devices: int | None = None):
     """Fit a variational posterior to ``target``.
 
     Args:
@@ -154,6 +178,16 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = 
         tol: stop early (after at least 5 chunks) when the ELBO's mean over the last chunk
             moves less than ``tol`` nats from the chunk before; ``None``: run all steps.
         progress: show a progress bar.
+        subsample: for a target whose density is a sum over data rows (``target.rows``:
+            :func:`flowpost.targets.from_rows`, or a NumPyro plate with ``subsample_size``),
+            estimate it at each step from one batch of rows shared by the step's draws,
+            with second-order control variates around the mode
+            (:mod:`flowpost.vi.subsample`). ``None`` (default): subsample exactly when the
+            target has ``rows``; ``False``: every step reads all the data.
+        devices: split each step's draws (where the target is evaluated) over this many
+            devices (:mod:`flowpost.engine.devices`; all processes' devices after
+            ``fp.engine.devices.initialize``); the flow's parameters are replicated and the
+            gradient all-reduced. ``None``: one device.
 
     Returns:
         :class:`flowpost.vi.result.FitResult`; its ``status`` says how the run ended.
@@ -185,17 +219,25 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = 
     optimizer = optimizer or (stopping.optimizer(learning_rate) if plan.automatic
                               else default_optimizer(steps, learning_rate))
     rule = (lambda: stopping.Rule(plan, psis, jax.random.fold_in(k_run, 1))) if plan.automatic else lambda: None
+    pilot_log_p = jax.jit(jax.vmap(log_prob))
+    draw = lambda params, rest, key: stopping.pilot(combine(params, rest), pilot_log_p, key)  # noqa: E731
     params, rest, combine = engine.partition(q, frozen=_is_frozen)
-    log_p = jax.vmap(log_prob)
+    mesh = engine.devices.mesh(devices, "fit")
+    engine.devices.check_divisible(mesh, num_samples, "`num_samples`")
+    log_p = _sharded(jax.vmap(log_prob), mesh)
+    estimate = _control_variate(target, log_prob, start, subsample)
 
     def loss_fn(params, key, batch, step):  # the frozen arrays come in traced, as `batch`
-        return obj(combine(params, batch[0]), log_p, key, num_samples)
+        if estimate is None:
+            return obj(combine(params, batch[0]), log_p, key, num_samples)
+        k_rows, key = jax.random.split(key)  # one batch of rows per step, shared by its draws
+        batch_p = _sharded(batch_log_p(target.rows, estimate, k_rows), mesh)
+        return obj(combine(params, batch[0]), batch_p, key, num_samples)
 
     chunks = engine.runner(engine.scan_chunks, engine.make_step(loss_fn, optimizer))
     bar = ProgressBar(steps, f"fit {target.name}", {"elbo": "ELBO"}, enabled=progress)
     with bar:
-        out = _run(chunks, FitState.init(params, optimizer, k_run), rest, steps, chunk, tol, bar, auto := rule(),
-                   combine, log_p)
+        out = _run(chunks, FitState.init(params, optimizer, k_run), rest, steps, chunk, tol, bar, auto := rule(), draw, mesh)
         if (out.status == Status.NONFINITE and out.done == 0 and start is not None
                 and not (np.isfinite(out.failed_info.loss) and np.isfinite(out.failed_info.grad_norm))):
             # a Laplace start that cannot train (no mode, e.g. a funnel's neck: its draws' loss
@@ -206,7 +248,7 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = 
             params, rest, _ = engine.partition(families.make(family, target.dim, start.mode, start.chol, key=k_init),
                                                frozen=_is_frozen)
             out = _run(chunks, FitState.init(params, optimizer, k_run), rest, steps, chunk, tol, bar, auto := rule(),
-                       combine, log_p)
+                       draw, mesh)
     message = _message(out, tol, chunk, auto)
     if out.status in (Status.NONFINITE, Status.INTERRUPTED):
         warnings.warn(f"fit: {message}", RuntimeWarning, stacklevel=2)
@@ -216,23 +258,45 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = 
                      objective=objective if isinstance(objective, str) else "custom", start=start, status=out.status)
 
 
-def _run(chunks, state, rest, steps, chunk, tol, bar, auto=None, combine=None, log_p=None):
+def _sharded(log_p, mesh):
+    """``log_p (n, dim) -> (n,)`` evaluated with its draws split over ``mesh``'s devices."""
+    return log_p if mesh is None else (lambda x: log_p(engine.devices.shard(x, mesh)))
+
+
+def _control_variate(target: Target, log_prob, start, subsample):
+    """The control-variate estimator of :mod:`~flowpost.vi.subsample` for a target with
+    ``rows`` (None when every step reads all the data), around the Laplace mode (found
+    here when the fit did not start from it)."""
+    if subsample is not None and not isinstance(subsample, bool):
+        raise ValueError(f"fit: `subsample` must be None, True or False, got {subsample!r}")
+    if subsample is False or (subsample is None and target.rows is None):
+        return None
+    if target.rows is None:
+        raise ValueError("fit: subsample=True needs a target whose density is a sum over data rows "
+                         "(fp.targets.from_rows, or a NumPyro model whose data plate has subsample_size)")
+    mode = start.mode if start is not None else find_mode(log_prob, jnp.zeros(target.dim))[0]
+    rows = target.rows
+    cast = Rows(rows.sizes, lambda u, idx: jnp.asarray(rows.log_prob_batch(u, idx)).astype(u.dtype))
+    return taylor_estimator(cast, log_prob, mode, hessian=target.dim <= MAX_DENSE_DIM)
+
+
+def _run(chunks, state, rest, steps, chunk, tol, bar, auto=None, draw=None, mesh=None):
     """The engine's driver with the ``tol`` rule: stop once the mean ELBO of a chunk moves
     less than ``tol`` from the chunk before (after at least 5 chunks); and in the automatic
     mode the rule of :mod:`~flowpost.vi.stopping` (``auto``, a :class:`~.stopping.Rule`),
-    checked on a pilot of the current ``q`` at each round's end."""
+    checked on a pilot ``draw(params, rest, key)`` of the current ``q`` at each round's end."""
     prev = []
 
     def on_chunk(state, info, done):
         cur = float(np.mean(info.aux))
         stop = tol is not None and prev and done >= 5 * chunk and abs(cur - prev[-1]) < tol
         prev.append(cur)
-        if auto is not None and auto(lambda k: stopping.pilot(combine(state.params, rest), log_p, k), info.aux, done):
+        if auto is not None and auto(lambda k: draw(state.params, rest, k), info.aux, done):
             stop = True
         return Status.EARLY_STOP if stop else None
 
     return engine.run(chunks, state, steps, data=(rest,), chunk=chunk, on_chunk=on_chunk, progress=bar,
-                      show=lambda info: {"elbo": f"{float(np.mean(info.aux)):.4g}"})
+                      show=lambda info: {"elbo": f"{float(np.mean(info.aux)):.4g}"}, mesh=mesh)
 
 
 def _message(out: engine.Outcome, tol, chunk, auto=None) -> str:
