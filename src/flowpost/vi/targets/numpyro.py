@@ -10,6 +10,16 @@ or the observed entries of ``numpyro.sample(..., obs_mask=...)``, whose imputati
 ``<name>_unobserved`` has the data's full shape) do not enter the density; they are left
 out of ``u`` and held at 0, so the target stays proper and ``dim`` counts only the
 unknowns.
+
+The model is traced the way NumPyro's own ``initialize_model`` traces it for NUTS: every
+latent site gets a substituted value (``init_to_uniform``: uniform in (-2, 2) on the
+unconstrained scale) instead of a draw from its distribution, so sites that cannot be
+sampled (``dist.ImproperUniform`` on any constraint, a flat prior as ported from Stan)
+trace like any other; after that the model is only ever run with every latent value
+substituted (``potential_energy``, ``constrain_fn``). ``numpyro.contrib.control_flow.scan``,
+nested plates, ``handlers.reparam``, ``numpyro.factor``, deterministic sites and
+``numpyro.prng_key`` (a fixed key, as in NumPyro's potential) work as they do under NUTS.
+An error raised while the model runs names the site where it happened.
 """
 
 from __future__ import annotations
@@ -26,34 +36,110 @@ from ..target import Target
 __all__ = ["from_numpyro"]
 
 
-def _inspect(model, args, kwargs):
-    """Shapes of the unconstrained latent sites, found by tracing the model abstractly
-    (jax.eval_shape: nothing is compiled or computed); raises ValueError on unusable models."""
+def _site_tracker():
+    """A NumPyro ``Messenger`` class recording the last site the model entered and the last
+    it finished (``.entered``, ``.left``: names or None), so that an exception raised while
+    the model runs can say where: inside a site's own handling (its distribution, support
+    or substituted value) when ``entered != left``, else in the model's code after ``left``."""
+    from numpyro.primitives import Messenger
+
+    class SiteTracker(Messenger):
+        def __init__(self, fn):
+            super().__init__(fn)
+            self.entered = self.left = None
+
+        def __enter__(self):  # each run of the model starts afresh
+            self.entered = self.left = None
+            return super().__enter__()
+
+        def process_message(self, msg):
+            if msg.get("type") in ("sample", "deterministic", "param"):
+                self.entered = msg.get("name")
+
+        def postprocess_message(self, msg):
+            if msg.get("type") in ("sample", "deterministic", "param"):
+                self.left = msg.get("name")
+
+        def where(self) -> str:
+            if self.entered is not None and self.entered != self.left:
+                return f" at site {self.entered!r}"
+            if self.left is not None:
+                return f" in the model's code after site {self.left!r}"
+            return " before its first sample site"
+
+    return SiteTracker
+
+
+def _model_error(where, what, e):
+    """The ValueError for an exception ``e`` raised while running the model; ``where`` says
+    where (" at site 'x'", see ``SiteTracker.where``)."""
+    hint = ""
+    if isinstance(e, NotImplementedError) and where.startswith(" at site"):
+        hint = ("If the site's support has no bijection to the real line "
+                "(numpyro.distributions.transforms.biject_to raises), register one with biject_to.register or "
+                "reparameterise the site. ")
+    return ValueError(
+        f"from_numpyro: {what} raised {type(e).__name__}: {e} (it happened{where}). {hint}Check that the model "
+        "runs and is traceable by JAX with a value substituted for every latent site, as NUTS runs it: "
+        "numpyro.infer.util.initialize_model(jax.random.key(0), model, model_args=args, "
+        "model_kwargs=kwargs) raises the same error if the model is at fault."
+    )
+
+
+def _failing_site(model, args, kwargs, unravel, u) -> str:
+    """Where evaluating the log density at ``u`` fails: NumPyro computes every site's
+    ``log_prob`` after running the model, so the tracker cannot tell; here each site's
+    ``log_prob`` is evaluated in turn (abstractly). Returns `` at site 'x'`` or ''."""
     from numpyro import handlers
+    from numpyro.infer.util import _unconstrain_params
+
+    failed = []
+
+    def run(u):
+        tr = handlers.trace(_unconstrain_params(model, unravel(u))).get_trace(*args, **kwargs)
+        for name, site in tr.items():
+            if site["type"] == "sample":
+                failed[:] = [name]
+                site["fn"].log_prob(site["value"])
+        failed.clear()
+
+    try:
+        jax.eval_shape(run, u)
+    except Exception:  # noqa: BLE001  (the caller reports the original error)
+        pass
+    return f" at site {failed[0]!r}, in its log_prob" if failed else ""
+
+
+def _inspect(model, tracker, args, kwargs):
+    """Shapes of the unconstrained latent sites (dict name -> ShapeDtypeStruct) and the names
+    of the masked ones, found by tracing the model abstractly (jax.eval_shape: nothing is
+    compiled or computed) with a substituted value for every latent site (NumPyro's
+    ``init_to_uniform``, as ``initialize_model`` does: an improper site is never sampled);
+    raises ValueError on unusable models."""
+    from numpyro import handlers
+    from numpyro.distributions import Delta
+    from numpyro.infer.initialization import init_to_uniform
     from numpyro.infer.util import unconstrain_fn
 
     found = {}
 
     def run():
-        tr = handlers.trace(model).get_trace(*args, **kwargs)
+        tr = handlers.trace(handlers.substitute(model, substitute_fn=init_to_uniform)).get_trace(*args, **kwargs)
         latent = {k: s for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
         found["discrete"] = [k for k, s in latent.items() if s["fn"].support.is_discrete]
+        found["delta"] = [k for k, s in latent.items() if isinstance(s["fn"], Delta)]
         found["latent"] = list(latent)
         found["masked"] = [k for k, s in latent.items() if _mask_of(s) is not None]
         found["subsampled"] = [(k, s["args"][0], s["args"][1]) for k, s in tr.items()
                                if s["type"] == "plate" and s["args"][1] is not None and s["args"][1] < s["args"][0]]
-        if found["discrete"] or not latent:
+        if found["discrete"] or found["delta"] or not latent:
             return {}
         return unconstrain_fn(model, args, kwargs, {k: s["value"] for k, s in latent.items()})
 
     try:
         z0 = jax.eval_shape(run)
     except Exception as e:
-        raise ValueError(
-            f"from_numpyro: running the model with the given arguments raised {type(e).__name__}: {e}. "
-            "Check that the model runs and is traceable by JAX, e.g. "
-            "jax.jit(lambda: numpyro.handlers.seed(model, 0)(*args, **kwargs))()."
-        ) from e
+        raise _model_error(tracker.where(), "running the model with the given arguments", e) from e
     if found["subsampled"]:
         name, size, sub = found["subsampled"][0]
         raise ValueError(
@@ -68,6 +154,11 @@ def _inspect(model, args, kwargs):
             "continuous density. Marginalise them out in the model (e.g. write the mixture with "
             "numpyro.distributions.MixtureSameFamily, or sum over their values with logsumexp in a "
             "numpyro.factor), or observe them."
+        )
+    if found["delta"]:
+        raise ValueError(
+            f"from_numpyro: latent site {found['delta'][0]!r} has a Delta distribution, which has no density "
+            "to infer; record a computed value with numpyro.deterministic instead (as NUTS requires)."
         )
     if not found["latent"]:
         raise ValueError(
@@ -93,8 +184,10 @@ def _free_elements(model, args, kwargs, masked, z0):
     ``numpyro.sample(..., obs_mask=...)``'s ``<name>_unobserved`` site) would be improper
     directions of the posterior; they are left out of ``u`` and held at 0."""
     from numpyro import handlers
+    from numpyro.infer.initialization import init_to_uniform
 
-    tr = handlers.trace(model).get_trace(*args, **kwargs)  # concrete: the masks' values
+    # concrete (the masks' values), with substituted latent values like _inspect
+    tr = handlers.trace(handlers.substitute(model, substitute_fn=init_to_uniform)).get_trace(*args, **kwargs)
     keep = {}
     for k in masked:
         site, shape = tr[k], z0[k].shape
@@ -107,33 +200,16 @@ def _free_elements(model, args, kwargs, masked, z0):
     return keep
 
 
-def from_numpyro(model, *args, **kwargs) -> Target:
-    """Wrap ``model(*args, **kwargs)``'s posterior as a Target.
-
-    Args:
-        model: a NumPyro model function; ``args``/``kwargs`` are passed to it unchanged (the
-            data, typically). Randomness inside the model (if any) uses a fixed seed.
-    Returns:
-        Target with ``dim`` = total size of the latent sites (less their masked-out
-        elements); ``log_prob(u (dim,))``;
-        ``constrain(u)`` -> dict of constrained latent sites and ``numpyro.deterministic``
-        sites, in the model's order; ``name`` = the model function's name.
-    Raises:
-        ValueError: the model raises, has discrete latent sites, or has no latent sites.
-    """
-    from numpyro import handlers
-    from numpyro.infer.util import constrain_fn, potential_energy
-
-    seeded = handlers.seed(model, rng_seed=0)
-    z0, masked = _inspect(seeded, args, kwargs)
-    keep = _free_elements(seeded, args, kwargs, masked, z0) if masked else {}
-    flat0 = jax.eval_shape(lambda z: ravel_pytree(z)[0], z0)  # the common dtype
+def _unraveller(z0, keep):
+    """``(dim, unravel)``: ``unravel(u (dim,))`` -> dict site -> unconstrained value of the
+    site's shape, sites in :func:`jax.flatten_util.ravel_pytree` order (sorted names), each
+    C-order, masked-out elements held at 0; it keeps ``u``'s dtype (float32 or float64)."""
     keys = sorted(z0)  # ravel_pytree's order for a dict
     shapes = [z0[k].shape for k in keys]
     where = [np.flatnonzero(keep[k]) if k in keep else None for k in keys]
     sizes = [math.prod(shp) if w is None else w.size for shp, w in zip(shapes, where)]
 
-    def unravel(u):  # like ravel_pytree's unravel, but keeps u's dtype (float32 or float64)
+    def unravel(u):
         out, i = {}, 0
         for k, shp, n, w in zip(keys, shapes, sizes, where):
             part = u[i : i + n]
@@ -143,15 +219,69 @@ def from_numpyro(model, *args, **kwargs) -> Target:
             i += n
         return out
 
+    return sum(sizes), unravel
+
+
+def _site_log_probs(model, args, kwargs, unravel):
+    """``u (dim,)`` -> dict site name -> its summed log density (scalar), the terms whose
+    sum is ``log_prob(u)``: each sample site's log density (observed ones included,
+    ``numpyro.factor`` sites too) and each latent site's log-Jacobian, named
+    ``_<site>_log_det`` as NumPyro names it. Used to say which site is NaN or -inf."""
+    from numpyro.infer.util import _unconstrain_params, compute_log_probs
+
+    def by_site(u):
+        return compute_log_probs(_unconstrain_params(model, unravel(u)), args, kwargs, {})[0]
+
+    return by_site
+
+
+def from_numpyro(model, *args, **kwargs) -> Target:
+    """Wrap ``model(*args, **kwargs)``'s posterior as a Target.
+
+    Args:
+        model: a NumPyro model function; ``args``/``kwargs`` are passed to it unchanged (the
+            data, typically). Randomness inside the model (if any) uses a fixed seed.
+            Improper flat priors (``dist.ImproperUniform``) are fine: the model is traced
+            with substituted values, as NumPyro's ``initialize_model`` does.
+    Returns:
+        Target with ``dim`` = total size of the latent sites (less their masked-out
+        elements); ``log_prob(u (dim,))`` (``-potential_energy``; it carries
+        ``log_prob.by_site(u)`` -> dict site -> log density term, which
+        :func:`flowpost.fit` uses to name the sites of a density that is NaN or -inf
+        where the fit must start); ``constrain(u)`` -> dict of constrained latent sites
+        and ``numpyro.deterministic`` sites, in the model's order; ``name`` = the model
+        function's name.
+    Raises:
+        ValueError: the model raises (the message names the site), has discrete or Delta
+        latent sites, has no latent sites, or subsamples a plate.
+    """
+    from numpyro import handlers
+    from numpyro.infer.util import constrain_fn, potential_energy
+
+    tracked = _site_tracker()(handlers.seed(model, rng_seed=0))
+    z0, masked = _inspect(tracked, tracked, args, kwargs)
+    keep = _free_elements(tracked, args, kwargs, masked, z0) if masked else {}
+    flat0 = jax.eval_shape(lambda z: ravel_pytree(z)[0], z0)  # the common dtype
+    dim, unravel = _unraveller(z0, keep)
+
+    # jitted, so that a caller evaluating eagerly (e.g. a gradient at the mode) gets what a
+    # compiled caller gets: NumPyro validates distribution arguments only on concrete values,
+    # raising where the compiled density is NaN (a rejection)
+    @jax.jit
     def log_prob(u):
-        return -potential_energy(seeded, args, kwargs, unravel(u))
+        return -potential_energy(tracked, args, kwargs, unravel(u))
 
+    @jax.jit
     def constrain(u):
-        return constrain_fn(seeded, args, kwargs, unravel(u), return_deterministic=True)
+        return constrain_fn(tracked, args, kwargs, unravel(u), return_deterministic=True)
 
-    dim = sum(sizes)
-    try:
-        jax.eval_shape(log_prob, jax.ShapeDtypeStruct((dim,), flat0.dtype))
-    except Exception as e:
-        raise ValueError(f"from_numpyro: evaluating the model's log density failed: {type(e).__name__}: {e}") from e
+    u0 = jax.ShapeDtypeStruct((dim,), flat0.dtype)
+    for fn, what in ((log_prob, "evaluating the model's log density"), (constrain, "constraining the sites")):
+        try:
+            jax.eval_shape(fn, u0)
+        except Exception as e:
+            where = tracked.where() if tracked.entered != tracked.left else None
+            where = where or _failing_site(tracked, args, kwargs, unravel, u0) or tracked.where()
+            raise _model_error(where, what, e) from e
+    log_prob.by_site = jax.jit(_site_log_probs(tracked, args, kwargs, unravel))
     return Target(log_prob, dim, constrain, name=getattr(model, "__name__", "numpyro_model"))
