@@ -18,6 +18,13 @@ p/q bounded in the tails, which is what PSIS k-hat measures (measurements: the
 reference-posterior benchmark page of the documentation).
 
 A user may also pass any :class:`~flowpost.flows.Flow` of the right dimension.
+
+Latent-variable families (:mod:`flowpost.vi.latent`, not flows: their ``log q`` is only
+bounded or estimated), started at the same Laplace Gaussian:
+
+- ``"sivi"``: semi-implicit VI (Yin & Zhou 2018), :func:`flowpost.vi.latent.sivi`;
+- ``"hierarchical"``: hierarchical VI with a learned reverse model (Ranganath et al.
+  2016), :func:`flowpost.vi.latent.hierarchical`.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import jax
 import jax.numpy as jnp
 
 from .. import flows as F
+from . import latent
 
-FAMILIES = ("flow", "meanfield", "fullrank")
+FAMILIES = ("flow", "meanfield", "fullrank", "sivi", "hierarchical")
 
 
 def _whiten(dim, loc, chol) -> F.Bijection:
@@ -92,7 +100,15 @@ def flow(dim: int, loc=None, chol=None, *, key=None, layers: int = 8, hidden=(32
 
 
 def make(family, dim: int, loc=None, chol=None, key=None) -> F.Flow:
-    """Build a family by name (or check a user's Flow)."""
+    """Build a family by name (or check a user's Flow or latent-variable family)."""
+    if latent.is_latent(family):
+        if family.dim != dim:
+            raise ValueError(f"fit: the latent family has dim {family.dim}, the target has dim {dim}")
+        return family
+    if family == "sivi":
+        return latent.sivi(dim, loc, chol, key=key)
+    if family == "hierarchical":
+        return latent.hierarchical(dim, loc, chol, key=key)
     if isinstance(family, F.Flow):
         if family.dim != dim:
             raise ValueError(f"fit: the family flow has dim {family.dim}, the target has dim {dim}")
@@ -105,4 +121,5 @@ def make(family, dim: int, loc=None, chol=None, key=None) -> F.Flow:
         return fullrank(dim, loc, chol)
     if family == "flow":
         return flow(dim, loc, chol, key=key)
-    raise ValueError(f"fit: `family` must be one of {FAMILIES} or a flowpost.flows.Flow, got {family!r}")
+    raise ValueError(f"fit: `family` must be one of {FAMILIES}, a flowpost.flows.Flow or a latent family "
+                     f"(flowpost.vi.latent), got {family!r}")
