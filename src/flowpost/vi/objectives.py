@@ -84,8 +84,9 @@ def elbo(q, log_p, key, n, stl=True, k=None):
     if is_latent(q):
         return q.elbo_bound(log_p, key, n, k)
     if k is not None:
-        raise ValueError("objective 'elbo': the option `k` (inner samples of a latent-variable family's bound) "
-                         "does not apply to a flow, whose log q is exact")
+        raise ValueError("fit: objective 'elbo' takes the options ['stl'] for a flow, whose log q is exact; `k` "
+                         "(inner samples of a latent-variable family's bound) applies to family='sivi' or "
+                         "'hierarchical' only")
     x, lq, lp = _draws(q, log_p, key, n, stl and has_fast_inverse(q))
     e = jnp.mean(lp - lq)
     return -e, e
