@@ -8,7 +8,7 @@ pages; cf. Zhang et al. 2022, Pathfinder).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +47,7 @@ def find_mode(log_prob, x0, max_iter: int = 1000, tol: float = 1e-6):
 
     x0 = jnp.asarray(x0)
     value_and_grad = jax.jit(jax.value_and_grad(lambda x: -log_prob(x)))
-    best = {"f": np.inf, "x": np.asarray(x0, np.float64)}
+    best: dict[str, Any] = {"f": np.inf, "x": np.asarray(x0, np.float64)}
 
     def fun(x):
         f, g = value_and_grad(jnp.asarray(x, x0.dtype))
