@@ -97,8 +97,9 @@ def nuts_reference(name, model, args, kwargs):
     file = cache / ("".join(c if c.isalnum() else "_" for c in name) + ".npz")
     if file.exists():
         return dict(np.load(file))
-    mcmc = MCMC(NUTS(model), num_warmup=1000, num_samples=1000, num_chains=4, chain_method="vectorized",
-                progress_bar=False)
+    mcmc = MCMC(
+        NUTS(model), num_warmup=1000, num_samples=1000, num_chains=4, chain_method="vectorized", progress_bar=False
+    )
     mcmc.run(jax.random.key(123), *args, **kwargs)
     flat = flatten_draws({k: np.asarray(v, np.float64) for k, v in mcmc.get_samples().items()})
     cache.mkdir(parents=True, exist_ok=True)
@@ -127,8 +128,13 @@ def run_nuts(kind, payload, seed):
     if kind == "posteriordb":
         target = fp.targets.get(payload)
         init = jax.random.uniform(jax.random.key(seed + 7), (target.dim,), minval=-2.0, maxval=2.0)
-        mcmc = MCMC(NUTS(potential_fn=lambda u: -target.log_prob(u)), num_warmup=1000, num_samples=1000,
-                    num_chains=1, progress_bar=False)
+        mcmc = MCMC(
+            NUTS(potential_fn=lambda u: -target.log_prob(u)),
+            num_warmup=1000,
+            num_samples=1000,
+            num_chains=1,
+            progress_bar=False,
+        )
         mcmc.run(jax.random.key(seed), init_params=init)
         draws = jax.vmap(target.to_model)(mcmc.get_samples())
     else:
@@ -156,20 +162,63 @@ def one(i, name, kind, payload, fit_options, seed, console):
     z, kz, s, ks = worst(fp_draws, ref)
     nz, _, ns, _ = worst(nuts_draws, ref)
     ok = z < BAR["z"] and s < BAR["log_sd"] and d["khat"] < BAR["khat"]
-    row = {"posterior": name, "kind": kind, "dim": result.target.dim, "flowpost_s": fp_s, "nuts_s": nuts_s,
-           "ratio": fp_s / nuts_s, "max_abs_z": z, "worst_mean": kz, "max_abs_log_sd": s, "worst_sd": ks,
-           "khat": d["khat"], "ess": d["ess"], "pass": bool(ok), "steps": result.steps,
-           "fit_seconds": result.seconds, "message": result.message, "status": str(result.status),
-           "warnings": d["warnings"], "nuts_max_abs_z": nz, "nuts_max_abs_log_sd": ns, "first": order[0]}
+    row = {
+        "posterior": name,
+        "kind": kind,
+        "dim": result.target.dim,
+        "flowpost_s": fp_s,
+        "nuts_s": nuts_s,
+        "ratio": fp_s / nuts_s,
+        "max_abs_z": z,
+        "worst_mean": kz,
+        "max_abs_log_sd": s,
+        "worst_sd": ks,
+        "khat": d["khat"],
+        "ess": d["ess"],
+        "pass": bool(ok),
+        "steps": result.steps,
+        "fit_seconds": result.seconds,
+        "message": result.message,
+        "status": str(result.status),
+        "warnings": d["warnings"],
+        "nuts_max_abs_z": nz,
+        "nuts_max_abs_log_sd": ns,
+        "first": order[0],
+    }
     console.print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
     return row
 
 
 def summary(rows):
     ratios = [r["ratio"] for r in rows]
-    return {"median_ratio": statistics.median(ratios), "max_ratio": max(ratios),
-            "all_pass": all(r["pass"] for r in rows), "n": len(rows),
-            "median_target_met": statistics.median(ratios) <= 1.0, "max_target_met": max(ratios) <= 2.0}
+    return {
+        "median_ratio": statistics.median(ratios),
+        "max_ratio": max(ratios),
+        "all_pass": all(r["pass"] for r in rows),
+        "n": len(rows),
+        "median_target_met": statistics.median(ratios) <= 1.0,
+        "max_target_met": max(ratios) <= 2.0,
+    }
+
+
+def markdown(rows) -> str:
+    """The docs' table (docs/time-to-accuracy.md): one row per posterior, then the summary."""
+    out = [
+        "| posterior | dim | flowpost s | NUTS s | ratio | steps | \\|z\\| | \\|log sd\\| | k-hat | pass |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['posterior']} | {r['dim']} | {r['flowpost_s']:.1f} | {r['nuts_s']:.1f} | {r['ratio']:.2f} | "
+            f"{r['steps']} | {r['max_abs_z']:.3f} | {r['max_abs_log_sd']:.3f} | {r['khat']:.2f} | "
+            f"{'yes' if r['pass'] else 'NO'} |"
+        )
+    s = summary(rows)
+    out.append(
+        f"\nmedian ratio {s['median_ratio']:.2f} (target <= 1), max {s['max_ratio']:.2f} (target <= 2), "
+        f"all within the bar: {s['all_pass']}"
+    )
+    return "\n".join(out)
 
 
 def main():
@@ -181,7 +230,13 @@ def main():
     ap.add_argument("--cpus", type=int, default=None, help="pin the process to this many cores")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "time_to_accuracy.json"))
+    ap.add_argument("--markdown", metavar="JSON", help="print the table of a results file as Markdown and exit")
     a = ap.parse_args()
+    if a.markdown:
+        import json
+
+        print(markdown(json.loads(Path(a.markdown).read_text())["rows"]))
+        return
     todo = problems()
     if a.list:
         print("\n".join(n for n, _, _ in todo))
@@ -199,23 +254,55 @@ def main():
     rows = [one(i, name, kind, payload, fit_options, a.seed, console) for i, (name, kind, payload) in enumerate(todo)]
     summ = summary(rows)
     label = ", ".join(f"{k}={v}" for k, v in fit_options.items()) or "defaults"
-    table = Table(title=f"time to accuracy, float64, flowpost ({label}) vs NUTS 1 x (1000 + 1000), one process"
-                        + (f", pinned to {a.cpus} core(s)" if a.cpus else ""))
-    for col in ("posterior", "dim", "flowpost s", "NUTS s", "ratio", "|z|", "|log sd|", "k-hat", "steps", "pass",
-                "NUTS |z| / |log sd|"):
+    table = Table(
+        title=f"time to accuracy, float64, flowpost ({label}) vs NUTS 1 x (1000 + 1000), one process"
+        + (f", pinned to {a.cpus} core(s)" if a.cpus else "")
+    )
+    for col in (
+        "posterior",
+        "dim",
+        "flowpost s",
+        "NUTS s",
+        "ratio",
+        "|z|",
+        "|log sd|",
+        "k-hat",
+        "steps",
+        "pass",
+        "NUTS |z| / |log sd|",
+    ):
         table.add_column(col, justify="left" if col == "posterior" else "right")
     for r in rows:
-        table.add_row(r["posterior"], str(r["dim"]), f"{r['flowpost_s']:.1f}", f"{r['nuts_s']:.1f}",
-                      f"{r['ratio']:.2f}", f"{r['max_abs_z']:.3f}", f"{r['max_abs_log_sd']:.3f}", f"{r['khat']:.2f}",
-                      str(r["steps"]), "yes" if r["pass"] else "NO",
-                      f"{r['nuts_max_abs_z']:.3f} / {r['nuts_max_abs_log_sd']:.3f}")
+        table.add_row(
+            r["posterior"],
+            str(r["dim"]),
+            f"{r['flowpost_s']:.1f}",
+            f"{r['nuts_s']:.1f}",
+            f"{r['ratio']:.2f}",
+            f"{r['max_abs_z']:.3f}",
+            f"{r['max_abs_log_sd']:.3f}",
+            f"{r['khat']:.2f}",
+            str(r["steps"]),
+            "yes" if r["pass"] else "NO",
+            f"{r['nuts_max_abs_z']:.3f} / {r['nuts_max_abs_log_sd']:.3f}",
+        )
     console.print(table)
-    console.print(f"median ratio {summ['median_ratio']:.2f} (target <= 1), max ratio {summ['max_ratio']:.2f} "
-                  f"(target <= 2), all within the bar: {summ['all_pass']}")
+    console.print(
+        f"median ratio {summ['median_ratio']:.2f} (target <= 1), max ratio {summ['max_ratio']:.2f} "
+        f"(target <= 2), all within the bar: {summ['all_pass']}"
+    )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(Path(a.out), {"machine": {**machine_info(), "cpus_pinned": a.cpus,
-                                         "load_average": list(os.getloadavg())},
-                             "fit_options": fit_options, "seed": a.seed, "bar": BAR, "summary": summ, "rows": rows})
+    write_json(
+        Path(a.out),
+        {
+            "machine": {**machine_info(), "cpus_pinned": a.cpus, "load_average": list(os.getloadavg())},
+            "fit_options": fit_options,
+            "seed": a.seed,
+            "bar": BAR,
+            "summary": summ,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

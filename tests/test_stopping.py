@@ -54,16 +54,18 @@ def test_plateau_sees_a_rising_elbo_and_a_round_that_still_gained():
 def _pilot(shift):
     """q = N(0, I_2); the posterior N((shift, 0), diag(1.01^2, 1)) (a posterior exactly q
     gives constant weights, where PSIS's tail fit says k-hat inf): draws and log weights."""
+
     def draw(key):
         u = np.asarray(jax.random.normal(key, (4000, 2)), np.float64)
         return u, _normal_logpdf(u[:, 0], shift, 1.01) - _normal_logpdf(u[:, 0], 0.0, 1.0)
+
     return draw
 
 
 def _feed(rule, draw, elbo, chunk=100):
     """Chunks of ``elbo`` into ``rule``; the step at which it says stop (None: never)."""
     for i in range(0, len(elbo), chunk):
-        if rule(draw, elbo[i:i + chunk], i + chunk):
+        if rule(draw, elbo[i : i + chunk], i + chunk):
             return i + chunk
     return None
 

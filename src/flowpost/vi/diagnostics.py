@@ -154,8 +154,9 @@ def trust(result, u, log_w, khat: float, notes: list) -> dict[str, Any]:
     lw, _ = psis(log_w[finite])
     gap = moment_gap(x, lw)
     with np.errstate(invalid="ignore"):
-        off_m = (gap["mean_gap"] > MOMENT_GAP) & (gap["mean_gap"] > 2 * gap["mean_se"])
-        off_s = (gap["sd_gap"] > MOMENT_GAP) & (gap["sd_gap"] > 2 * gap["sd_se"])
+        live = ~gap["constant"]  # a constant quantity (a correlation's unit diagonal) has no sd to compare
+        off_m = live & (gap["mean_gap"] > MOMENT_GAP) & (gap["mean_gap"] > 2 * gap["mean_se"])
+        off_s = live & (gap["sd_gap"] > MOMENT_GAP) & (gap["sd_gap"] > 2 * gap["sd_se"])
     off = {names[i]: {"mean_gap": float(gap["mean_gap"][i]), "sd_gap": float(gap["sd_gap"][i])}
            for i in np.flatnonzero(off_m | off_s)}
     if off:
@@ -168,7 +169,8 @@ def trust(result, u, log_w, khat: float, notes: list) -> dict[str, Any]:
         notes.append(f"q's own draws differ from the importance-weighted (PSIS) estimates by more than "
                      f"{MOMENT_GAP} posterior sd in {len(off)} quantit{'y' if len(off) == 1 else 'ies'}: {said}. "
                      f"`result.resample(key, n)` gives the corrected draws; {verdict}.")
-    return {"max_mean_gap": float(np.nanmax(gap["mean_gap"])), "max_sd_gap": float(np.nanmax(gap["sd_gap"])),
+    worst = lambda a: float(np.nanmax(a[live])) if live.any() else 0.0  # noqa: E731
+    return {"max_mean_gap": worst(gap["mean_gap"]), "max_sd_gap": worst(gap["sd_gap"]),
             "off": off}
 
 

@@ -219,13 +219,15 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = 
     optimizer = optimizer or (stopping.optimizer(learning_rate) if plan.automatic
                               else default_optimizer(steps, learning_rate))
     rule = (lambda: stopping.Rule(plan, psis, jax.random.fold_in(k_run, 1))) if plan.automatic else lambda: None
-    pilot_log_p = jax.jit(jax.vmap(log_prob))
-    draw = lambda params, rest, key: stopping.pilot(combine(params, rest), pilot_log_p, key)  # noqa: E731
     params, rest, combine = engine.partition(q, frozen=_is_frozen)
     mesh = engine.devices.mesh(devices, "fit")
     engine.devices.check_divisible(mesh, num_samples, "`num_samples`")
     log_p = _sharded(jax.vmap(log_prob), mesh)
     estimate = _control_variate(target, log_prob, start, subsample)
+    pilot_log_p = _pilot_log_p(target, log_prob, estimate)
+    pilot_to_model = jax.jit(jax.vmap(target.to_model))  # the pilot checks the model's quantities
+    draw = lambda params, rest, key: stopping.pilot(combine(params, rest), pilot_log_p, key,  # noqa: E731
+                                                    to_model=pilot_to_model)
 
     def loss_fn(params, key, batch, step):  # the frozen arrays come in traced, as `batch`
         if estimate is None:
@@ -237,7 +239,8 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = 
     chunks = engine.runner(engine.scan_chunks, engine.make_step(loss_fn, optimizer))
     bar = ProgressBar(steps, f"fit {target.name}", {"elbo": "ELBO"}, enabled=progress)
     with bar:
-        out = _run(chunks, FitState.init(params, optimizer, k_run), rest, steps, chunk, tol, bar, auto := rule(), draw, mesh)
+        out = _run(chunks, FitState.init(params, optimizer, k_run), rest, steps, chunk, tol, bar, auto := rule(), draw,
+                   mesh)
         if (out.status == Status.NONFINITE and out.done == 0 and start is not None
                 and not (np.isfinite(out.failed_info.loss) and np.isfinite(out.failed_info.grad_norm))):
             # a Laplace start that cannot train (no mode, e.g. a funnel's neck: its draws' loss
@@ -256,6 +259,25 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = 
                      steps=int(out.state.step),
                      message=message, seconds=out.seconds, family=family if isinstance(family, str) else "custom",
                      objective=objective if isinstance(objective, str) else "custom", start=start, status=out.status)
+
+
+def _pilot_log_p(target: Target, log_prob, estimate):
+    """``log p`` of the stopping rule's pilot draws, jitted over a batch: the full density,
+    or for a subsampled target the control-variate estimate from one fixed draw of ten
+    batches' worth of rows (its noise is far below the pilot's own; the full data would
+    cost the pilot ``N`` row terms per draw). ``diagnostics()`` always uses the full data."""
+    if estimate is None:
+        return jax.jit(jax.vmap(log_prob))
+    rows = target.rows
+    idx = Rows({k: (n, min(n, 10 * b)) for k, (n, b) in rows.sizes.items()}, rows.log_prob_batch).draw(
+        jax.random.key(0))
+
+    @jax.jit
+    def log_p(u):
+        terms = estimate.batch_terms(idx)
+        return jax.vmap(lambda v: estimate(v, idx, terms))(u)
+
+    return log_p
 
 
 def _sharded(log_p, mesh):
