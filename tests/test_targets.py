@@ -400,10 +400,13 @@ def test_from_numpyro_errors():
     with pytest.raises(ValueError, match="RuntimeError: boom"):
         targets.from_numpyro(broken, 1.0)
 
-    def subsampled(x):  # a fixed subsample would silently give a wrong posterior
+    def subsampled(x):  # not a fixed subsample: log_prob reads every row, fit reads batches (rows)
         mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
         with numpyro.plate("N", x.shape[0], subsample_size=10) as idx:
             numpyro.sample("obs", dist.Normal(mu, 1.0), obs=x[idx])
 
-    with pytest.raises(ValueError, match=r"plate 'N' subsamples 10 of 100"):
-        targets.from_numpyro(subsampled, jnp.zeros(100))
+    x = jnp.linspace(-1.0, 3.0, 100)
+    t = targets.from_numpyro(subsampled, x)
+    assert dict(t.rows.sizes) == {"N": (100, 10)}
+    full = jax.scipy.stats.norm.logpdf(0.5, 0.0, 10.0) + jnp.sum(jax.scipy.stats.norm.logpdf(x, 0.5, 1.0))
+    np.testing.assert_allclose(t.log_prob(jnp.array([0.5])), full, rtol=1e-5)

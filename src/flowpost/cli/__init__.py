@@ -101,8 +101,12 @@ def fit(
             have = name in t.reference
             row += [f"{np.mean(t.reference[name]):.3g}", f"{np.std(t.reference[name]):.3g}"] if have else ["", ""]
         rows.append(row)
-    _ui.table(f"{t.name}: {family} / {objective}, {result.steps} steps, {result.seconds:.1f} s; summary of {draws} of "
-              "q's own draws (not importance-resampled; result.resample gives those)", columns, rows)
+    _ui.table(
+        f"{t.name}: {family} / {objective}, {result.steps} steps, {result.seconds:.1f} s; summary of {draws} of "
+        "q's own draws (not importance-resampled; result.resample gives those)",
+        columns,
+        rows,
+    )
     _ui.say(
         f"ELBO {diag['elbo']:.3f} ± {diag['elbo_se']:.3f}   PSIS k-hat {diag['khat']:.2f}   "
         f"ESS {diag['ess']:.0f}/{draws}   converged: {diag['converged']}   ({result.message})"

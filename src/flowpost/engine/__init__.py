@@ -7,11 +7,43 @@ This is the lowest layer of flowpost: it knows nothing of flows, VI, VAEs or net
 """
 
 from . import checkpoint, devices
-from .loop import (Info, Outcome, Status, TrainState, epoch_chunks, finite, guard, init, make_step, partition,
-                   run, runner, scan_chunks, vmapped)
+from .loop import (
+    Info,
+    Outcome,
+    Status,
+    TrainState,
+    epoch_chunks,
+    finite,
+    guard,
+    init,
+    make_step,
+    partition,
+    run,
+    runner,
+    scan_chunks,
+    vmapped,
+)
 from .optim import as_key, default_optimizer
 from .progress import ProgressBar
 
-__all__ = ["checkpoint", "devices", "Info", "Outcome", "Status", "TrainState", "epoch_chunks", "finite", "guard", "init",
-           "make_step", "partition", "run", "runner", "scan_chunks", "vmapped", "ProgressBar", "default_optimizer",
-           "as_key"]
+__all__ = [
+    "checkpoint",
+    "devices",
+    "Info",
+    "Outcome",
+    "Status",
+    "TrainState",
+    "epoch_chunks",
+    "finite",
+    "guard",
+    "init",
+    "make_step",
+    "partition",
+    "run",
+    "runner",
+    "scan_chunks",
+    "vmapped",
+    "ProgressBar",
+    "default_optimizer",
+    "as_key",
+]

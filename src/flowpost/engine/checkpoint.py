@@ -25,6 +25,7 @@ import pathlib
 import re
 import shutil
 import tempfile
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -89,7 +90,8 @@ def write_json(path, value, indent: int | None = 2) -> None:
 
 def write_npz(path, **arrays) -> None:
     """Write NumPy arrays to ``path`` (``.npz``), atomically."""
-    _atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+    plain_arrays: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+    _atomic(path, lambda f: np.savez(f, **plain_arrays))
 
 
 def write_bytes(path, write) -> None:
@@ -139,8 +141,10 @@ def read_header(path) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a flowpost file ({e})") from e
     if not isinstance(header, dict) or header.get("format") not in (FORMAT, *READS):
-        raise ValueError(f"{path}: not a flowpost file of a known format "
-                         f"(format {header.get('format') if isinstance(header, dict) else None!r})")
+        raise ValueError(
+            f"{path}: not a flowpost file of a known format "
+            f"(format {header.get('format') if isinstance(header, dict) else None!r})"
+        )
     return header
 
 
@@ -151,17 +155,21 @@ def check_like(header: dict, like, who: str, what: str = "the family") -> None:
         if header.get("format") == 2:  # format 2 stored the arrays only, not the base
             want = [entry for entry in want if entry[0] != "base"]
         if want != header["structure"]:
-            raise ValueError(f"{who}: the saved parameters do not match the structure of {what} (saved by "
-                             "another version or with other options); pass `like=`, a flow built with the "
-                             "same constructor and options")
+            raise ValueError(
+                f"{who}: the saved parameters do not match the structure of {what} (saved by "
+                "another version or with other options); pass `like=`, a flow built with the "
+                "same constructor and options"
+            )
     saved = header.get("settings", header.get("static"))
     if saved is not None and settings(like) != saved:  # e.g. a spline's bound, an activation
         old, new = saved.splitlines(), settings(like).splitlines()
         i = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
         line = lambda lines: lines[i].strip() if i < len(lines) else "(end)"  # noqa: E731
-        raise ValueError(f"{who}: the tree to load into has other settings than the saved one: saved "
-                         f"{line(old)!r}, given {line(new)!r} (line {i + 1} of the printed tree); build "
-                         "`like=` with the options the saved one was made with")
+        raise ValueError(
+            f"{who}: the tree to load into has other settings than the saved one: saved "
+            f"{line(old)!r}, given {line(new)!r} (line {i + 1} of the printed tree); build "
+            "`like=` with the options the saved one was made with"
+        )
 
 
 def read_tree(path, like, who: str = "load"):
@@ -175,8 +183,10 @@ def read_tree(path, like, who: str = "load"):
         try:
             return eqx.tree_deserialise_leaves(f, like)
         except Exception as e:  # noqa: BLE001  (shape/dtype mismatch or truncation, re-raised clearly)
-            raise ValueError(f"{path}: the file does not match the model's architecture (or tree) or is "
-                             f"truncated ({type(e).__name__}: {e})") from e
+            raise ValueError(
+                f"{path}: the file does not match the model's architecture (or tree) or is "
+                f"truncated ({type(e).__name__}: {e})"
+            ) from e
 
 
 # -- result folders -----------------------------------------------------------------------
@@ -192,8 +202,10 @@ def folder(path, who: str = "save"):
     if path.exists() and not path.is_dir():
         raise ValueError(f"{who}: {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not (path / MARKER).is_file():
-        raise ValueError(f"{who}: {path} holds other files and is not a saved flowpost result; save into a new "
-                         "or empty folder (a result folder is replaced whole, never mixed with other files)")
+        raise ValueError(
+            f"{who}: {path} holds other files and is not a saved flowpost result; save into a new "
+            "or empty folder (a result folder is replaced whole, never mixed with other files)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -231,6 +243,22 @@ def buffer_writer(write_to_path):
     return write
 
 
-__all__ = ["FORMAT", "READS", "plain", "dumps", "json_or_none", "write_json", "write_npz", "write_bytes",
-           "structure", "settings", "write_tree", "read_header", "check_like", "read_tree", "folder", "read_meta",
-           "buffer_writer"]
+__all__ = [
+    "FORMAT",
+    "READS",
+    "plain",
+    "dumps",
+    "json_or_none",
+    "write_json",
+    "write_npz",
+    "write_bytes",
+    "structure",
+    "settings",
+    "write_tree",
+    "read_header",
+    "check_like",
+    "read_tree",
+    "folder",
+    "read_meta",
+    "buffer_writer",
+]

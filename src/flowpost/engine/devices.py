@@ -26,8 +26,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 AXIS = "data"
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               cpu_collectives: str = "gloo") -> None:
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    cpu_collectives: str = "gloo",
+) -> None:
     """Join a multi-process run (``jax.distributed.initialize``); call it first, in every
     process. On CPUs the collectives go through ``cpu_collectives`` (gloo). With no
     arguments JAX reads the cluster from its environment (SLURM, Open MPI, TPU pods)."""
@@ -45,8 +49,12 @@ def mesh(devices, who: str = "fit") -> Mesh | None:
     (n,) = as_ints(who, devices=devices)
     available = jax.devices()
     if n > len(available):
-        hint = (" On a CPU, start Python with XLA_FLAGS=--xla_force_host_platform_device_count=N to split it "
-                "into N devices." if available[0].platform == "cpu" else "")
+        hint = (
+            " On a CPU, start Python with XLA_FLAGS=--xla_force_host_platform_device_count=N to split it "
+            "into N devices."
+            if available[0].platform == "cpu"
+            else ""
+        )
         raise ValueError(f"{who}: devices={n} but JAX sees {len(available)} ({available[0].platform}).{hint}")
     return Mesh(np.array(available[:n]), (AXIS,))
 

@@ -37,7 +37,7 @@ from jax.flatten_util import ravel_pytree
 from . import devices
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """How a run ended (a ``str``: ``result.status == "completed"`` works)."""
 
     COMPLETED = "completed"  # the whole budget was run
@@ -45,9 +45,6 @@ class Status(str, enum.Enum):
     NONFINITE = "nonfinite"  # a non-finite loss, gradient or update; the last finite state is kept
     INTERRUPTED = "interrupted"  # Ctrl-C; the state of the last finished chunk is kept
     NOTHING_TO_DO = "nothing_to_do"  # a resumed run whose budget was already spent
-
-    def __str__(self) -> str:  # f"{status}" prints the value, on every Python version
-        return self.value
 
 
 class TrainState(NamedTuple):
@@ -62,7 +59,8 @@ class TrainState(NamedTuple):
     failed_at: jax.Array
 
     @classmethod
-    def init(cls, params, optimizer: optax.GradientTransformation, key) -> "TrainState":
+    def init(cls, params, optimizer: optax.GradientTransformation, key) -> TrainState:
+        """Step 0 of ``params`` under ``optimizer`` (:func:`init`)."""
         return init(params, optimizer, key)
 
 
@@ -135,8 +133,13 @@ def guard(step):
         ok = finite(info) & (state.failed_at < 0)
         keep = lambda a, b: jax.tree.map(lambda u, v: jnp.where(ok, u, v), a, b)  # noqa: E731
         failed_at = jnp.where((state.failed_at < 0) & ~ok, state.step, state.failed_at)
-        return TrainState(keep(new.params, state.params), keep(new.opt_state, state.opt_state), new.key,
-                          state.step + ok.astype(state.step.dtype), failed_at), info
+        return TrainState(
+            keep(new.params, state.params),
+            keep(new.opt_state, state.opt_state),
+            new.key,
+            state.step + ok.astype(state.step.dtype),
+            failed_at,
+        ), info
 
     return guarded
 
@@ -165,8 +168,9 @@ def epoch_chunks(step, batch_size: int, reduce: bool = True):
         n_batches = n // batch_size
         k_perm, k_rest = jax.random.split(state.key)
         order = jax.random.permutation(k_perm, n)[: n_batches * batch_size].reshape(n_batches, batch_size)
-        state, info = jax.lax.scan(lambda s, idx: step(s, tuple(d[idx] for d in data)), state._replace(key=k_rest),
-                                   order)
+        state, info = jax.lax.scan(
+            lambda s, idx: step(s, tuple(d[idx] for d in data)), state._replace(key=k_rest), order
+        )
         return state, (jax.tree.map(jnp.mean, info) if reduce else info)
 
     def chunk(state, length, *data):
@@ -213,8 +217,20 @@ def runner(make_chunk, step):
     return eqx.filter_jit(make_chunk(step)), eqx.filter_jit(make_chunk(guard(step)))
 
 
-def run(chunks, state: TrainState, total: int, *, data: tuple = (), chunk: int = 100, start: int = 0,
-        on_chunk=None, progress=None, show=None, sets: bool = False, mesh=None) -> Outcome:
+def run(
+    chunks,
+    state: TrainState,
+    total: int,
+    *,
+    data: tuple = (),
+    chunk: int = 100,
+    start: int = 0,
+    on_chunk=None,
+    progress=None,
+    show=None,
+    sets: bool = False,
+    mesh=None,
+) -> Outcome:
     """Drive ``total`` units (steps or epochs) from ``start`` in chunks of ``chunk`` units.
 
     Args:
@@ -254,8 +270,8 @@ def run(chunks, state: TrainState, total: int, *, data: tuple = (), chunk: int =
             if not sets and failed_at >= 0:
                 # keep the units before the failure (a unit is one step or one epoch)
                 k = _units_before(info)
-                infos.append(jax.tree.map(lambda a: a[:k], info))
-                failed_info = jax.tree.map(lambda a: a[k], info)
+                infos.append(jax.tree.map(lambda a, k=k: a[:k], info))
+                failed_info = jax.tree.map(lambda a, k=k: a[k], info)
                 status, done = Status.NONFINITE, done + k
                 break
             infos.append(info)

@@ -11,8 +11,9 @@ def default_optimizer(steps: int, learning_rate: float = 5e-3) -> optax.Gradient
     """Adam with a short linear warm-up (``min(100, steps / 10)`` steps from a tenth of the
     rate), cosine decay to 1% over ``steps``, and global-norm clipping at 10."""
     warmup = min(100, max(steps // 10, 1))
-    schedule = optax.warmup_cosine_decay_schedule(learning_rate / 10, learning_rate, warmup,
-                                                  max(steps, warmup + 1), learning_rate / 100)
+    schedule = optax.warmup_cosine_decay_schedule(
+        learning_rate / 10, learning_rate, warmup, max(steps, warmup + 1), learning_rate / 100
+    )
     return optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
 
 

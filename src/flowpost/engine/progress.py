@@ -17,10 +17,12 @@ class ProgressBar:
     start and one at the end, each whole.
     """
 
-    def __init__(self, total: int, label: str, fields: dict[str, str] | None = None, start: int = 0,
-                 enabled: bool = True):
+    def __init__(
+        self, total: int, label: str, fields: dict[str, str] | None = None, start: int = 0, enabled: bool = True
+    ):
         self.total, self.label, self.fields, self.start, self.enabled = total, label, fields or {}, start, enabled
-        self.done, self.values = start, {}
+        self.done = start
+        self.values: dict[str, str] = {}
 
     def __enter__(self):
         if not self.enabled:
@@ -40,16 +42,22 @@ class ProgressBar:
 
         live = [TextColumn("  ".join(f"{name} {{task.fields[{key}]}}" for key, name in self.fields.items()))]
         narrow = console.width < 100
-        columns = [TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")),
-                   BarColumn(bar_width=None if not narrow else 10), MofNCompleteColumn(),
-                   *(live if self.fields else []), *([] if narrow else [TimeRemainingColumn()])]
+        columns = [
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+            BarColumn(bar_width=None if not narrow else 10),
+            MofNCompleteColumn(),
+            *(live if self.fields else []),
+            *([] if narrow else [TimeRemainingColumn()]),
+        ]
         self._p = Progress(*columns, console=console, expand=False)
         self._p.__enter__()
-        self._task = self._p.add_task(self.label, total=self.total, completed=self.start,
-                                      **{key: "..." for key in self.fields})
+        self._task = self._p.add_task(
+            self.label, total=self.total, completed=self.start, **{key: "..." for key in self.fields}
+        )
         return self
 
     def update(self, done: int, **values: str) -> None:
+        """``done`` units so far, and the live values (preformatted strings) by field key."""
         self.done, self.values = done, {**self.values, **values}
         if self.enabled and self._live:
             self._p.update(self._task, completed=done, **values)

@@ -41,8 +41,9 @@ class MaskedAutoregressive(Bijection):
     made: MADE
     transformer: object = eqx.field(static=True)
 
-    def __init__(self, key, dim, transformer=None, hidden: Sequence[int] = (64, 64), cond_dim=None,
-                 activation=jax.nn.relu):
+    def __init__(
+        self, key, dim, transformer=None, hidden: Sequence[int] = (64, 64), cond_dim=None, activation=jax.nn.relu
+    ):
         self.dim, self.cond_dim = dim, cond_dim
         self.transformer = transformer if transformer is not None else Affine()
         self.made = MADE(key, dim, self.transformer.n_params, hidden, cond_dim, activation)

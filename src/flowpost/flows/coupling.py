@@ -41,8 +41,16 @@ class Coupling(Bijection):
     transformer: object = eqx.field(static=True)
     n_cond: int = eqx.field(static=True)
 
-    def __init__(self, key, dim, transformer=None, hidden: Sequence[int] = (64, 64), cond_dim=None,
-                 n_cond=None, activation=jax.nn.relu):
+    def __init__(
+        self,
+        key,
+        dim,
+        transformer=None,
+        hidden: Sequence[int] = (64, 64),
+        cond_dim=None,
+        n_cond=None,
+        activation=jax.nn.relu,
+    ):
         self.dim, self.cond_dim = dim, cond_dim
         self.transformer = transformer if transformer is not None else Affine()
         self.n_cond = dim // 2 if n_cond is None else n_cond

@@ -56,8 +56,10 @@ class StudentT(eqx.Module):
 
     def __init__(self, dim: int, df: float = 10.0):
         if not (df > 0 and math.isfinite(df)):
-            raise ValueError(f"StudentT: `df` must be a positive finite number, got {df!r} "
-                             "(df = inf is the normal: use StandardNormal)")
+            raise ValueError(
+                f"StudentT: `df` must be a positive finite number, got {df!r} "
+                "(df = inf is the normal: use StandardNormal)"
+            )
         self.dim, self.df = dim, float(df)
 
     def log_prob(self, z):
@@ -122,16 +124,20 @@ class Flow(eqx.Module):
                 raise ValueError(f"Flow.{method}: this flow is unconditional, but a `context` was given.")
             return None
         if context is None:
-            raise ValueError(f"Flow.{method}: this flow is conditional and needs `context` of shape "
-                             f"(..., {self.cond_dim}), got None.")
+            raise ValueError(
+                f"Flow.{method}: this flow is conditional and needs `context` of shape "
+                f"(..., {self.cond_dim}), got None."
+            )
         context = as_float(context, self)
         if context.ndim == 0 or context.shape[-1] != self.cond_dim:
             raise ValueError(f"Flow.{method}: expected `context` of shape (..., {self.cond_dim}), got {context.shape}.")
         # checked when concrete (as x is); a traced context, e.g. a VAE encoder's output inside
         # a training step, is not guarded at run time
         if not isinstance(context, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(context))):
-            raise ValueError(f"Flow.{method}: `context` holds {int(jnp.sum(~jnp.isfinite(context)))} non-finite "
-                             "value(s) (NaN or inf); the flow's output would be NaN. Clean the context first.")
+            raise ValueError(
+                f"Flow.{method}: `context` holds {int(jnp.sum(~jnp.isfinite(context)))} non-finite "
+                "value(s) (NaN or inf); the flow's output would be NaN. Clean the context first."
+            )
         return context
 
     def _check_x(self, x):
@@ -141,8 +147,10 @@ class Flow(eqx.Module):
         if not isinstance(x, jax.core.Tracer):
             if not bool(jnp.all(jnp.isfinite(x))):
                 bad = int(jnp.sum(~jnp.isfinite(x)))
-                raise ValueError(f"Flow.log_prob: x holds {bad} non-finite value(s) (NaN or inf); "
-                                 "the density of such points is undefined. Clean the input first.")
+                raise ValueError(
+                    f"Flow.log_prob: x holds {bad} non-finite value(s) (NaN or inf); "
+                    "the density of such points is undefined. Clean the input first."
+                )
         else:
             x = eqx.error_if(x, ~jnp.isfinite(x), "Flow.log_prob: x holds non-finite values (NaN or inf).")
         return x
@@ -187,8 +195,10 @@ def _map(fn, x, context, cond_dim):
         try:
             batch = jnp.broadcast_shapes(batch, context.shape[:-1])
         except ValueError:
-            raise ValueError(f"the batch shapes of x / the draws {tuple(batch)} and of `context` "
-                             f"{tuple(context.shape[:-1])} do not broadcast") from None
+            raise ValueError(
+                f"the batch shapes of x / the draws {tuple(batch)} and of `context` "
+                f"{tuple(context.shape[:-1])} do not broadcast"
+            ) from None
         context = jnp.broadcast_to(context, (*batch, cond_dim)).reshape(-1, cond_dim)
     x = jnp.broadcast_to(x, (*batch, x.shape[-1])).reshape(-1, x.shape[-1])
     out = jax.vmap(fn, in_axes=(0, None if context is None else 0))(x, context)
@@ -233,7 +243,7 @@ class Mixture(eqx.Module):
         if w.shape != (k,) or not bool(jnp.all(jnp.isfinite(w) & (w > 0))):
             raise ValueError(f"Mixture: `weights` must be {k} positive finite numbers, got {weights!r}")
         self.components, self.log_weights = components, jnp.log(w / jnp.sum(w))
-        (self.dim, self.cond_dim), = dims
+        ((self.dim, self.cond_dim),) = dims
 
     def log_prob(self, x: Array, context: Array | None = None) -> Array:
         """``x (*batch, dim) -> log q(x) (*batch,)``."""

@@ -149,8 +149,10 @@ class TriangularAffine(Bijection):
             diag = jnp.ones((dim,)) if scale is None else jnp.broadcast_to(jnp.asarray(scale, float), (dim,))
             self.off_diag = jnp.zeros((dim, dim))
         if not isinstance(diag, jax.core.Tracer) and not bool(jnp.all(diag > 0)):
-            raise ValueError(f"TriangularAffine: the {'diagonal of `chol`' if chol is not None else '`scale`'} "
-                             f"must be positive (a Cholesky factor's diagonal), got {diag}")
+            raise ValueError(
+                f"TriangularAffine: the {'diagonal of `chol`' if chol is not None else '`scale`'} "
+                f"must be positive (a Cholesky factor's diagonal), got {diag}"
+            )
         self.raw_diag = diag + jnp.log(-jnp.expm1(-diag))  # softplus^{-1}
 
     @property

@@ -64,8 +64,9 @@ def fold_masks(tree):
     its loop (so masks are applied to all layers in one vectorised op, and neither masks
     nor masked weights are saved per iteration for the backward pass).
     """
-    return jax.tree.map(lambda n: n.masked() if isinstance(n, Linear) else n, tree,
-                        is_leaf=lambda n: isinstance(n, Linear))
+    return jax.tree.map(
+        lambda n: n.masked() if isinstance(n, Linear) else n, tree, is_leaf=lambda n: isinstance(n, Linear)
+    )
 
 
 class MLP(eqx.Module):

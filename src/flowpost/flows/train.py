@@ -20,9 +20,19 @@ from .bijection import as_float
 from .distribution import Flow
 
 
-def fit_to_data(flow: Flow, key, data, *, steps: int = 2000, batch_size: int = 256, learning_rate: float = 1e-3,
-                context=None, chunk: int = 200, optimizer: optax.GradientTransformation | None = None,
-                progress: bool = False) -> tuple[Flow, np.ndarray]:
+def fit_to_data(
+    flow: Flow,
+    key,
+    data,
+    *,
+    steps: int = 2000,
+    batch_size: int = 256,
+    learning_rate: float = 1e-3,
+    context=None,
+    chunk: int = 200,
+    optimizer: optax.GradientTransformation | None = None,
+    progress: bool = False,
+) -> tuple[Flow, np.ndarray]:
     """Maximise the mean ``log q(x)`` of ``data (n, dim)`` (optionally with ``context
     (n, cond_dim)``) by minibatch gradient steps on :mod:`flowpost.engine`; each step draws
     ``batch_size`` rows with replacement.
@@ -62,15 +72,28 @@ def fit_to_data(flow: Flow, key, data, *, steps: int = 2000, batch_size: int = 2
 
     chunks = engine.runner(engine.scan_chunks, engine.make_step(loss_fn, optimizer))
     with engine.ProgressBar(steps, "fit_to_data", {"nll": "NLL"}, enabled=progress) as bar:
-        out = engine.run(chunks, engine.init(params, optimizer, engine.as_key(key, "fit_to_data")), steps,
-                         data=(data, context), chunk=chunk, progress=bar,
-                         show=lambda info: {"nll": f"{float(np.mean(info.loss)):.4g}"})
+        out = engine.run(
+            chunks,
+            engine.init(params, optimizer, engine.as_key(key, "fit_to_data")),
+            steps,
+            data=(data, context),
+            chunk=chunk,
+            progress=bar,
+            show=lambda info: {"nll": f"{float(np.mean(info.loss)):.4g}"},
+        )
     if out.status == engine.Status.NONFINITE:
-        warnings.warn(f"fit_to_data: the loss, its gradient or the update was not finite at step {out.failed[0]}; "
-                      f"stopped and returned the flow after the {out.failed[0]} steps before it (the last finite "
-                      "state)", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"fit_to_data: the loss, its gradient or the update was not finite at step {out.failed[0]}; "
+            f"stopped and returned the flow after the {out.failed[0]} steps before it (the last finite "
+            "state)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     elif out.status == engine.Status.INTERRUPTED:
-        warnings.warn(f"fit_to_data: interrupted by the user after {out.done} steps; returned the flow of that step",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"fit_to_data: interrupted by the user after {out.done} steps; returned the flow of that step",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     losses = np.zeros(0) if out.info is None else np.asarray(out.info.loss)
     return combine(out.state.params, rest), losses

@@ -9,6 +9,7 @@ prove a fit, the convergence of the optimisation itself (:func:`convergence`).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import arviz as az
@@ -29,9 +30,11 @@ def psis(log_w: np.ndarray) -> tuple[np.ndarray, float]:
     log_w = np.asarray(log_w, dtype=np.float64)
     finite = np.isfinite(log_w)
     if not finite.any():
-        raise ValueError(f"none of the {log_w.size} draws has a finite importance weight log p - log q "
-                         "(the target is -inf, or NaN, wherever q puts its mass); q and the target do not "
-                         "overlap, so importance sampling cannot correct q")
+        raise ValueError(
+            f"none of the {log_w.size} draws has a finite importance weight log p - log q "
+            "(the target is -inf, or NaN, wherever q puts its mass); q and the target do not "
+            "overlap, so importance sampling cannot correct q"
+        )
     if not finite.all():
         log_w = np.where(finite, log_w, -np.inf)
     with warnings.catch_warnings():
@@ -53,8 +56,12 @@ def convergence(trace) -> dict[str, Any]:
     e = np.asarray(trace.elbo, dtype=np.float64)
     g = np.asarray(trace.grad_norm, dtype=np.float64)
     if len(e) < 50:
-        return {"converged": False, "elbo_slope": float("nan"), "grad_norm": float(np.median(g)) if len(g) else float("nan")}
-    tail = e[-max(len(e) // 5, 25):]
+        return {
+            "converged": False,
+            "elbo_slope": float("nan"),
+            "grad_norm": float(np.median(g)) if len(g) else float("nan"),
+        }
+    tail = e[-max(len(e) // 5, 25) :]
     t = np.arange(len(tail))
     slope = float(np.polyfit(t, tail, 1)[0])
     se_slope = float(np.std(tail) * np.sqrt(12.0 / len(tail) ** 3))
@@ -63,8 +70,7 @@ def convergence(trace) -> dict[str, Any]:
     # the importance weights; a fixed 0.01 nats / 1000 steps flagged 300-D fits that
     # matched NUTS to |z| 0.07 with 96% ESS)
     converged = abs(slope) < 3 * se_slope or abs(slope) * len(e) < 0.1
-    return {"converged": bool(converged), "elbo_slope": slope * 1000,
-            "grad_norm": float(np.median(g[-len(tail):]))}
+    return {"converged": bool(converged), "elbo_slope": slope * 1000, "grad_norm": float(np.median(g[-len(tail) :]))}
 
 
 def diagnose(result, key=None, n: int = 4000) -> dict[str, Any]:
@@ -89,12 +95,20 @@ def diagnose(result, key=None, n: int = 4000) -> dict[str, Any]:
     elbo = float(np.mean(log_w))
     elbo_se = float(np.std(log_w) / np.sqrt(n)) if finite.all() else float("nan")
     conv = convergence(result.trace)
-    out = {"elbo": elbo, "elbo_se": elbo_se,
-           "khat": khat, "ess": ess, "ess_fraction": ess / n, "log_evidence": log_z,
-           "nonfinite_weights": int((~finite).sum()), "nan_density": int(nan.sum()), **conv,
-           "message": result.message,
-           "status": result.status.value,
-           "start": None if result.start is None else result.start.note}
+    out = {
+        "elbo": elbo,
+        "elbo_se": elbo_se,
+        "khat": khat,
+        "ess": ess,
+        "ess_fraction": ess / n,
+        "log_evidence": log_z,
+        "nonfinite_weights": int((~finite).sum()),
+        "nan_density": int(nan.sum()),
+        **conv,
+        "message": result.message,
+        "status": result.status.value,
+        "start": None if result.start is None else result.start.note,
+    }
     notes = []
     if khat > 0.7:
         notes.append(f"k-hat {khat:.2f} > 0.7: importance weights are unreliable; q misses part of the posterior")
@@ -103,27 +117,36 @@ def diagnose(result, key=None, n: int = 4000) -> dict[str, Any]:
     if not np.isfinite(conv["elbo_slope"]):
         notes.append(f"{len(result.trace.elbo)} steps are too few to judge convergence (50 at least)")
     elif not conv["converged"]:
-        notes.append(f"the ELBO was still moving at the end ({conv['elbo_slope']:+.3g} nats / 1000 steps): "
-                     "run more steps")
+        notes.append(
+            f"the ELBO was still moving at the end ({conv['elbo_slope']:+.3g} nats / 1000 steps): run more steps"
+        )
         if khat <= 0.7:
-            notes.append("k-hat looks fine but the optimisation had not converged: the two disagree, do not "
-                         "trust k-hat alone (a collapsed q can give flat weights)")
+            notes.append(
+                "k-hat looks fine but the optimisation had not converged: the two disagree, do not "
+                "trust k-hat alone (a collapsed q can give flat weights)"
+            )
     if (~finite).any():
-        notes.append(f"{int((~finite).sum())} of {n} draws have non-finite log p - log q, so the ELBO is "
-                     f"{elbo}: q puts mass where the target is -inf (or NaN); k-hat and ESS weigh those draws 0")
+        notes.append(
+            f"{int((~finite).sum())} of {n} draws have non-finite log p - log q, so the ELBO is "
+            f"{elbo}: q puts mass where the target is -inf (or NaN); k-hat and ESS weigh those draws 0"
+        )
     if nan.any():
-        notes.append(f"the log density is NaN at {int(nan.sum())} of {n} draws from q, counted as -inf (rejections, "
-                     "as Stan counts them): q reaches where the model cannot be evaluated (e.g. an ODE solver "
-                     "failing); in float32 that may be round-off: try jax.config.update(\"jax_enable_x64\", True) "
-                     "or jitter on a covariance's diagonal")
+        notes.append(
+            f"the log density is NaN at {int(nan.sum())} of {n} draws from q, counted as -inf (rejections, "
+            "as Stan counts them): q reaches where the model cannot be evaluated (e.g. an ODE solver "
+            'failing); in float32 that may be round-off: try jax.config.update("jax_enable_x64", True) '
+            "or jitter on a covariance's diagonal"
+        )
     # which log q the weights used: exact for a flow; an estimate for a latent-variable
     # family (flowpost.vi.latent), whose k-hat is then that of an extended-space sampler
     out["log_q"] = getattr(result.q, "log_q_note", "exact")
     if out["log_q"] != "exact":
-        notes.append("log q is estimated, not exact: the 'elbo' is a lower bound on the ELBO (E[log q^] >= log q); "
-                     "k-hat and ESS are those of importance sampling on the extended space (theta, eps), whose weights "
-                     "p/q^ are exact there but noisier than p/q: typically a larger k-hat than exact weights would give, "
-                     "approaching it as K grows. It is not the k-hat of q's marginal density.")
+        notes.append(
+            "log q is estimated, not exact: the 'elbo' is a lower bound on the ELBO (E[log q^] >= log q); "
+            "k-hat and ESS are those of importance sampling on the extended space (theta, eps), whose weights "
+            "p/q^ are exact there but noisier than p/q: typically a larger k-hat than exact weights would give, "
+            "approaching it as K grows. It is not the k-hat of q's marginal density."
+        )
     if finite.sum() >= 10:
         out["psis_moment_gap"] = trust(result, u, log_w, khat, notes)
     out["warnings"] = notes
@@ -157,24 +180,32 @@ def trust(result, u, log_w, khat: float, notes: list) -> dict[str, Any]:
         live = ~gap["constant"]  # a constant quantity (a correlation's unit diagonal) has no sd to compare
         off_m = live & (gap["mean_gap"] > MOMENT_GAP) & (gap["mean_gap"] > 2 * gap["mean_se"])
         off_s = live & (gap["sd_gap"] > MOMENT_GAP) & (gap["sd_gap"] > 2 * gap["sd_se"])
-    off = {names[i]: {"mean_gap": float(gap["mean_gap"][i]), "sd_gap": float(gap["sd_gap"][i])}
-           for i in np.flatnonzero(off_m | off_s)}
+    off = {
+        names[i]: {"mean_gap": float(gap["mean_gap"][i]), "sd_gap": float(gap["sd_gap"][i])}
+        for i in np.flatnonzero(off_m | off_s)
+    }
     if off:
         worst = sorted(off, key=lambda k: -max(off[k]["mean_gap"], off[k]["sd_gap"]))
-        said = ", ".join(f"{k} (mean {off[k]['mean_gap']:.2f} sd apart, sd {100 * np.expm1(off[k]['sd_gap']):.0f}% "
-                         "apart)" for k in worst[:8]) + (f" and {len(worst) - 8} more" if len(worst) > 8 else "")
-        verdict = (f"k-hat {khat:.2f} < 0.7 says the corrected draws can be trusted" if khat < 0.7 else
-                   f"but k-hat {khat:.2f} >= 0.7 says the corrected draws cannot be trusted either: q misses part "
-                   "of the posterior (a richer family, more steps, or NUTS)")
-        notes.append(f"q's own draws differ from the importance-weighted (PSIS) estimates by more than "
-                     f"{MOMENT_GAP} posterior sd in {len(off)} quantit{'y' if len(off) == 1 else 'ies'}: {said}. "
-                     f"`result.resample(key, n)` gives the corrected draws; {verdict}.")
+        said = ", ".join(
+            f"{k} (mean {off[k]['mean_gap']:.2f} sd apart, sd {100 * np.expm1(off[k]['sd_gap']):.0f}% apart)"
+            for k in worst[:8]
+        ) + (f" and {len(worst) - 8} more" if len(worst) > 8 else "")
+        verdict = (
+            f"k-hat {khat:.2f} < 0.7 says the corrected draws can be trusted"
+            if khat < 0.7
+            else f"but k-hat {khat:.2f} >= 0.7 says the corrected draws cannot be trusted either: q misses part "
+            "of the posterior (a richer family, more steps, or NUTS)"
+        )
+        notes.append(
+            f"q's own draws differ from the importance-weighted (PSIS) estimates by more than "
+            f"{MOMENT_GAP} posterior sd in {len(off)} quantit{'y' if len(off) == 1 else 'ies'}: {said}. "
+            f"`result.resample(key, n)` gives the corrected draws; {verdict}."
+        )
     worst = lambda a: float(np.nanmax(a[live])) if live.any() else 0.0  # noqa: E731
-    return {"max_mean_gap": worst(gap["mean_gap"]), "max_sd_gap": worst(gap["sd_gap"]),
-            "off": off}
+    return {"max_mean_gap": worst(gap["mean_gap"]), "max_sd_gap": worst(gap["sd_gap"]), "off": off}
 
 
-def compare(flat: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, Any]:
+def compare(flat: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Worst standardised mean error and log sd ratio of ``flat`` draws against ``reference``
     (both flat name -> ``(n,)`` arrays)."""
     missing = sorted(set(reference) - set(flat))
@@ -182,5 +213,5 @@ def compare(flat: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> di
         raise ValueError(f"draws lack reference quantities {missing[:5]}")
     z = {k: abs(np.mean(flat[k]) - np.mean(r)) / np.std(r) for k, r in reference.items()}
     s = {k: abs(np.log(np.std(flat[k]) / np.std(r))) for k, r in reference.items()}
-    kz, ks = max(z, key=z.get), max(s, key=s.get)
+    kz, ks = max(z, key=lambda k: z[k]), max(s, key=lambda k: s[k])
     return {"max_abs_z": float(z[kz]), "worst_mean": kz, "max_abs_log_sd": float(s[ks]), "worst_sd": ks}

@@ -30,6 +30,7 @@ bounded or estimated), started at the same Laplace Gaussian:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -84,8 +85,17 @@ def tail_df(dim: int) -> float | None:
     return float(df) if df <= 30 else None
 
 
-def flow(dim: int, loc=None, chol=None, *, key=None, layers: int = 8, hidden=(32, 32),
-         activation=jax.nn.tanh, df: float | str | None = "auto") -> F.Flow:
+def flow(
+    dim: int,
+    loc=None,
+    chol=None,
+    *,
+    key=None,
+    layers: int = 8,
+    hidden=(32, 32),
+    activation=jax.nn.tanh,
+    df: float | str | None = "auto",
+) -> F.Flow:
     """RealNVP couplings (``layers`` x ``hidden``), a trainable full-rank affine map, then
     the fixed whitening ``loc + chol @ (.)``, on a Student-t base with ``df`` degrees of
     freedom (``"auto"``: :func:`tail_df`; ``None``: standard normal).
@@ -95,11 +105,11 @@ def flow(dim: int, loc=None, chol=None, *, key=None, layers: int = 8, hidden=(32
     key = jax.random.key(0) if key is None else key
     couplings = F.realnvp(key, dim, layers=layers, hidden=hidden, activation=activation).bijection
     df = tail_df(dim) if df == "auto" else df
-    base = None if df is None else F.StudentT(dim, df=df)
+    base = None if df is None else F.StudentT(dim, df=float(df))
     return F.Flow(F.Chain([couplings, F.TriangularAffine(dim), _whiten(dim, loc, chol)]), base=base)
 
 
-def make(family, dim: int, loc=None, chol=None, key=None) -> F.Flow:
+def make(family, dim: int, loc=None, chol=None, key=None) -> Any:
     """Build a family by name (or check a user's Flow or latent-variable family)."""
     if latent.is_latent(family):
         if family.dim != dim:
@@ -113,7 +123,9 @@ def make(family, dim: int, loc=None, chol=None, key=None) -> F.Flow:
         if family.dim != dim:
             raise ValueError(f"fit: the family flow has dim {family.dim}, the target has dim {dim}")
         if family.cond_dim is not None:
-            raise ValueError("fit: the family flow is conditional (cond_dim set); a posterior needs an unconditional flow")
+            raise ValueError(
+                "fit: the family flow is conditional (cond_dim set); a posterior needs an unconditional flow"
+            )
         return family
     if family == "meanfield":
         return meanfield(dim, loc, chol)
@@ -121,5 +133,7 @@ def make(family, dim: int, loc=None, chol=None, key=None) -> F.Flow:
         return fullrank(dim, loc, chol)
     if family == "flow":
         return flow(dim, loc, chol, key=key)
-    raise ValueError(f"fit: `family` must be one of {FAMILIES}, a flowpost.flows.Flow or a latent family "
-                     f"(flowpost.vi.latent), got {family!r}")
+    raise ValueError(
+        f"fit: `family` must be one of {FAMILIES}, a flowpost.flows.Flow or a latent family "
+        f"(flowpost.vi.latent), got {family!r}"
+    )

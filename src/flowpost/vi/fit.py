@@ -11,7 +11,7 @@ starting point (mode + Laplace), the family, the objective, and the stopping rul
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,13 +38,13 @@ class Trace(NamedTuple):
     """Per step: the loss and ELBO estimate at the parameters before the step, the norm of
     their gradient and the norm of the optimiser's update."""
 
-    loss: np.ndarray
-    elbo: np.ndarray
-    grad_norm: np.ndarray
-    update_norm: np.ndarray
+    loss: Any
+    elbo: Any
+    grad_norm: Any
+    update_norm: Any
 
     @classmethod
-    def of(cls, info: engine.Info | None) -> "Trace":
+    def of(cls, info: engine.Info | None) -> Trace:
         """From the engine's per-step :class:`~flowpost.engine.Info` (``aux`` is the ELBO)."""
         if info is None:
             return cls(*(np.zeros(0) for _ in cls._fields))
@@ -92,16 +92,20 @@ def _check_target(target, key):
     warning naming the fix (float64 or jitter). Warns if some probes are -inf (a restricted
     support that wants a transform)."""
     if not isinstance(target, Target):
-        raise TypeError(f"fit: `target` must be a flowpost.Target (see fp.Target, fp.targets.get, "
-                        f"fp.targets.from_numpyro), got {type(target).__name__}")
+        raise TypeError(
+            f"fit: `target` must be a flowpost.Target (see fp.Target, fp.targets.get, "
+            f"fp.targets.from_numpyro), got {type(target).__name__}"
+        )
     u = jnp.zeros((target.dim,))
     try:
         out = jax.eval_shape(target.log_prob, u)
     except Exception as e:  # noqa: BLE001  (re-raised with context)
         raise ValueError(f"fit: target.log_prob failed on a vector of shape ({target.dim},): {e}") from e
     if out.shape != ():
-        raise ValueError(f"fit: target.log_prob must return a scalar for one vector of shape ({target.dim},), "
-                         f"got shape {out.shape}; is `dim` right?")
+        raise ValueError(
+            f"fit: target.log_prob must return a scalar for one vector of shape ({target.dim},), "
+            f"got shape {out.shape}; is `dim` right?"
+        )
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(f"fit: target.log_prob must return a real floating-point scalar, got dtype {out.dtype}")
     try:
@@ -110,9 +114,11 @@ def _check_target(target, key):
         raise ValueError(f"fit: target.constrain failed on a vector of shape ({target.dim},): {e}") from e
     nested = [k for k, v in quantities.items() if not hasattr(v, "shape")]
     if nested:
-        raise ValueError(f"fit: target.constrain must return a flat dict of arrays (name -> array); "
-                         f"{nested} hold {type(quantities[nested[0]]).__name__}s. Flatten them, e.g. "
-                         "{'a.b': ...}.")
+        raise ValueError(
+            f"fit: target.constrain must return a flat dict of arrays (name -> array); "
+            f"{nested} hold {type(quantities[nested[0]]).__name__}s. Flatten them, e.g. "
+            "{'a.b': ...}."
+        )
     target._flat_names(quantities)  # the count of `names` against constrain's output, a clear ValueError
     # an array of the input's dtype: a float32 log_prob under x64 is cast, and a Python
     # float (e.g. a constant density) becomes an array that optax's L-BFGS can use
@@ -121,37 +127,64 @@ def _check_target(target, key):
     values = np.asarray(jax.jit(jax.vmap(raw))(probe))
     zero = float(jax.jit(raw)(u))
     nan = np.isnan(np.append(values, zero))
-    float32_fix = ("; in float32 a NaN is often round-off (e.g. the Cholesky factor of a nearly singular "
-                   "covariance): enable float64 with jax.config.update(\"jax_enable_x64\", True) before building "
-                   "the target and its data, or add jitter to the covariance's diagonal") \
-        if u.dtype == jnp.float32 else ""
+    float32_fix = (
+        (
+            "; in float32 a NaN is often round-off (e.g. the Cholesky factor of a nearly singular "
+            'covariance): enable float64 with jax.config.update("jax_enable_x64", True) before building '
+            "the target and its data, or add jitter to the covariance's diagonal"
+        )
+        if u.dtype == jnp.float32
+        else ""
+    )
     if not np.isfinite(zero) and not np.any(np.isfinite(values)):
         sites = objectives.nonfinite_sites(target, u)
-        raise ValueError("fit: target.log_prob is not finite at 0 nor at 8 random N(0, I) points "
-                         f"(values {zero}, {values.tolist()}), so the fit has nowhere to start"
-                         + (f" (NaN, which counts as -inf, at {int(nan.sum())} of them)" if nan.any() else "")
-                         + f"{sites}; check the density and its support (log_prob must be defined on all of "
-                         "R^dim: map constrained parameters with `constrain`)" + (float32_fix if nan.any() else "")
-                         + ".")
+        raise ValueError(
+            "fit: target.log_prob is not finite at 0 nor at 8 random N(0, I) points "
+            f"(values {zero}, {values.tolist()}), so the fit has nowhere to start"
+            + (f" (NaN, which counts as -inf, at {int(nan.sum())} of them)" if nan.any() else "")
+            + f"{sites}; check the density and its support (log_prob must be defined on all of "
+            "R^dim: map constrained parameters with `constrain`)" + (float32_fix if nan.any() else "") + "."
+        )
     if nan.any() and float32_fix and objectives.finite_in_float64(target, np.append(probe, u[None], 0)[nan]):
-        warnings.warn(f"fit: target.log_prob is NaN in float32 at {int(nan.sum())} of 0 and 8 random N(0, I) "
-                      "points, and finite there in float64: round-off. NaN counts as -inf (a rejection), so "
-                      "draws there are lost" + float32_fix + ".", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"fit: target.log_prob is NaN in float32 at {int(nan.sum())} of 0 and 8 random N(0, I) "
+            "points, and finite there in float64: round-off. NaN counts as -inf (a rejection), so "
+            "draws there are lost" + float32_fix + ".",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     values = np.where(np.isnan(values), 0.0, values)  # NaN probes are rejections, not a support to warn of
     if not np.all(np.isfinite(values)):
-        warnings.warn(f"fit: target.log_prob is infinite at {int(np.sum(~np.isfinite(values)))} of 8 random "
-                      f"N(0, I) points ({values.tolist()}). Every family has support on all of R^dim, so a draw "
-                      "there makes the loss infinite and stops the fit: if the density has a restricted support, "
-                      "reparameterise it onto R^dim (e.g. log for a positive parameter) and map back with "
-                      "`constrain`.", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"fit: target.log_prob is infinite at {int(np.sum(~np.isfinite(values)))} of 8 random "
+            f"N(0, I) points ({values.tolist()}). Every family has support on all of R^dim, so a draw "
+            "there makes the loss infinite and stops the fit: if the density has a restricted support, "
+            "reparameterise it onto R^dim (e.g. log for a positive parameter) and map back with "
+            "`constrain`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return objectives.reject_nan(raw)
 
 
-def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = None, num_samples: int | None = None,
-        optimizer: optax.GradientTransformation | None = None, learning_rate: float = 5e-3,
-        key=None, init="laplace", objective_options: dict | None = None, chunk: int = 100,
-        tol: float | None = None, progress: bool = True, subsample: bool | None = None,
-        devices: int | None = None):
+def fit(
+    target: Target,
+    family="flow",
+    objective="elbo",
+    *,
+    steps: int | None = None,
+    num_samples: int | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    learning_rate: float = 5e-3,
+    key=None,
+    init="laplace",
+    objective_options: dict | None = None,
+    chunk: int = 100,
+    tol: float | None = None,
+    progress: bool = True,
+    subsample: bool | None = None,
+    devices: int | None = None,
+):
     """Fit a variational posterior to ``target``.
 
     Args:
@@ -213,11 +246,12 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = 
         q = families.make(family, target.dim, start.mode, start.chol, key=k_init)
     else:
         q = families.make(family, target.dim, key=k_init)
-    if objective in ("iwelbo", "fkl") and not objectives.has_inverse(q):
+    if objective in ("iwelbo", "fkl", "iwfkl") and not objectives.has_inverse(q):
         raise ValueError(f"fit: objective={objective!r} needs a family with an inverse (log q at any point)")
 
-    optimizer = optimizer or (stopping.optimizer(learning_rate) if plan.automatic
-                              else default_optimizer(steps, learning_rate))
+    optimizer = optimizer or (
+        stopping.optimizer(learning_rate) if plan.automatic else default_optimizer(steps, learning_rate)
+    )
     rule = (lambda: stopping.Rule(plan, psis, jax.random.fold_in(k_run, 1))) if plan.automatic else lambda: None
     params, rest, combine = engine.partition(q, frozen=_is_frozen)
     mesh = engine.devices.mesh(devices, "fit")
@@ -226,8 +260,12 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = 
     estimate = _control_variate(target, log_prob, start, subsample)
     pilot_log_p = _pilot_log_p(target, log_prob, estimate)
     pilot_to_model = jax.jit(jax.vmap(target.to_model))  # the pilot checks the model's quantities
-    draw = lambda params, rest, key: stopping.pilot(combine(params, rest), pilot_log_p, key,  # noqa: E731
-                                                    to_model=pilot_to_model)
+    draw = lambda params, rest, key: stopping.pilot(
+        combine(params, rest),
+        pilot_log_p,
+        key,  # noqa: E731
+        to_model=pilot_to_model,
+    )
 
     def loss_fn(params, key, batch, step):  # the frozen arrays come in traced, as `batch`
         if estimate is None:
@@ -239,26 +277,50 @@ def fit(target: Target, family="flow", objective="elbo", *, steps: int | None = 
     chunks = engine.runner(engine.scan_chunks, engine.make_step(loss_fn, optimizer))
     bar = ProgressBar(steps, f"fit {target.name}", {"elbo": "ELBO"}, enabled=progress)
     with bar:
-        out = _run(chunks, FitState.init(params, optimizer, k_run), rest, steps, chunk, tol, bar, auto := rule(), draw,
-                   mesh)
-        if (out.status == Status.NONFINITE and out.done == 0 and start is not None
-                and not (np.isfinite(out.failed_info.loss) and np.isfinite(out.failed_info.grad_norm))):
+        out = _run(
+            chunks, FitState.init(params, optimizer, k_run), rest, steps, chunk, tol, bar, auto := rule(), draw, mesh
+        )
+        if (
+            out.status == Status.NONFINITE
+            and out.done == 0
+            and start is not None
+            and not (np.isfinite(out.failed_info.loss) and np.isfinite(out.failed_info.grad_norm))
+        ):
             # a Laplace start that cannot train (no mode, e.g. a funnel's neck: its draws' loss
             # or gradient is not finite): from N(0, I) instead; same structure, so the compiled
             # chunks serve. (A finite loss and gradient with a non-finite update is the
             # optimiser's doing, e.g. an absurd learning rate: keep the start.)
             start = standard_start(start)
-            params, rest, _ = engine.partition(families.make(family, target.dim, start.mode, start.chol, key=k_init),
-                                               frozen=_is_frozen)
-            out = _run(chunks, FitState.init(params, optimizer, k_run), rest, steps, chunk, tol, bar, auto := rule(),
-                       draw, mesh)
+            params, rest, _ = engine.partition(
+                families.make(family, target.dim, start.mode, start.chol, key=k_init), frozen=_is_frozen
+            )
+            out = _run(
+                chunks,
+                FitState.init(params, optimizer, k_run),
+                rest,
+                steps,
+                chunk,
+                tol,
+                bar,
+                auto := rule(),
+                draw,
+                mesh,
+            )
     message = _message(out, tol, chunk, auto)
     if out.status in (Status.NONFINITE, Status.INTERRUPTED):
         warnings.warn(f"fit: {message}", RuntimeWarning, stacklevel=2)
-    return FitResult(q=combine(out.state.params, rest), target=target, trace=Trace.of(out.info),
-                     steps=int(out.state.step),
-                     message=message, seconds=out.seconds, family=family if isinstance(family, str) else "custom",
-                     objective=objective if isinstance(objective, str) else "custom", start=start, status=out.status)
+    return FitResult(
+        q=combine(out.state.params, rest),
+        target=target,
+        trace=Trace.of(out.info),
+        steps=int(out.state.step),
+        message=message,
+        seconds=out.seconds,
+        family=family if isinstance(family, str) else "custom",
+        objective=objective if isinstance(objective, str) else "custom",
+        start=start,
+        status=out.status,
+    )
 
 
 def _pilot_log_p(target: Target, log_prob, estimate):
@@ -270,7 +332,8 @@ def _pilot_log_p(target: Target, log_prob, estimate):
         return jax.jit(jax.vmap(log_prob))
     rows = target.rows
     idx = Rows({k: (n, min(n, 10 * b)) for k, (n, b) in rows.sizes.items()}, rows.log_prob_batch).draw(
-        jax.random.key(0))
+        jax.random.key(0)
+    )
 
     @jax.jit
     def log_p(u):
@@ -294,8 +357,10 @@ def _control_variate(target: Target, log_prob, start, subsample):
     if subsample is False or (subsample is None and target.rows is None):
         return None
     if target.rows is None:
-        raise ValueError("fit: subsample=True needs a target whose density is a sum over data rows "
-                         "(fp.targets.from_rows, or a NumPyro model whose data plate has subsample_size)")
+        raise ValueError(
+            "fit: subsample=True needs a target whose density is a sum over data rows "
+            "(fp.targets.from_rows, or a NumPyro model whose data plate has subsample_size)"
+        )
     mode = start.mode if start is not None else find_mode(log_prob, jnp.zeros(target.dim))[0]
     rows = target.rows
     cast = Rows(rows.sizes, lambda u, idx: jnp.asarray(rows.log_prob_batch(u, idx)).astype(u.dtype))
@@ -317,17 +382,28 @@ def _run(chunks, state, rest, steps, chunk, tol, bar, auto=None, draw=None, mesh
             stop = True
         return Status.EARLY_STOP if stop else None
 
-    return engine.run(chunks, state, steps, data=(rest,), chunk=chunk, on_chunk=on_chunk, progress=bar,
-                      show=lambda info: {"elbo": f"{float(np.mean(info.aux)):.4g}"}, mesh=mesh)
+    return engine.run(
+        chunks,
+        state,
+        steps,
+        data=(rest,),
+        chunk=chunk,
+        on_chunk=on_chunk,
+        progress=bar,
+        show=lambda info: {"elbo": f"{float(np.mean(info.aux)):.4g}"},
+        mesh=mesh,
+    )
 
 
 def _message(out: engine.Outcome, tol, chunk, auto=None) -> str:
     """How the run ended, in words (a step number where it matters)."""
     if out.status == Status.NONFINITE:
         failed = out.failed[0]
-        return (f"stopped: the loss, its gradient or the update was not finite at step {failed}; "
-                + (f"kept the state after the {failed} steps before it (the last finite one)" if failed
-                   else "kept the initial state"))
+        return f"stopped: the loss, its gradient or the update was not finite at step {failed}; " + (
+            f"kept the state after the {failed} steps before it (the last finite one)"
+            if failed
+            else "kept the initial state"
+        )
     if out.status == Status.INTERRUPTED:
         return f"interrupted by the user after {out.done} steps; the state of step {int(out.state.step)} is kept"
     if out.status == Status.EARLY_STOP and auto is not None and auto.checks and auto.checks[-1][1].stop:

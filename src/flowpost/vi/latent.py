@@ -94,8 +94,9 @@ class GaussianDecoder(eqx.Module):
     net: F.MLP
     dim: int = eqx.field(static=True)
 
-    def __init__(self, key, dim, latent_dim, hidden: Sequence[int] = (32, 32), activation=jax.nn.tanh,
-                 mixing: float = MIXING):
+    def __init__(
+        self, key, dim, latent_dim, hidden: Sequence[int] = (32, 32), activation=jax.nn.tanh, mixing: float = MIXING
+    ):
         self.dim = dim
         self.mix, scale = _mixing_matrix(dim, latent_dim, mixing)
         self.shift = jnp.zeros((dim,))
@@ -105,7 +106,7 @@ class GaussianDecoder(eqx.Module):
     def __call__(self, eps):
         h = self.net(eps)
         mu = self.shift + self.mix @ eps + h[: self.dim]
-        return mu, jnp.exp(self.log_scale + h[self.dim:])
+        return mu, jnp.exp(self.log_scale + h[self.dim :])
 
 
 class ReverseModel(eqx.Module):
@@ -126,8 +127,11 @@ class ReverseModel(eqx.Module):
         self.weight = mix.T
         self.shift = jnp.zeros((latent_dim,))
         self.log_scale = 0.5 * jnp.log(1.0 - jnp.sum(mix**2, 0))
-        self.flow = None if layers == 0 else F.realnvp(key, latent_dim, layers=layers, hidden=hidden, cond_dim=dim,
-                                                       activation=jax.nn.tanh)
+        self.flow = (
+            None
+            if layers == 0
+            else F.realnvp(key, latent_dim, layers=layers, hidden=hidden, cond_dim=dim, activation=jax.nn.tanh)
+        )
 
     def _loc_scale(self, v):
         return self.weight @ v + self.shift, jnp.exp(self.log_scale)
@@ -239,8 +243,10 @@ class LatentFamily(eqx.Module):
     @property
     def log_q_note(self) -> str:
         """How ``log q`` is estimated at the family's own draws (for diagnostics)."""
-        return (f"estimate: {self.name} K={self.eval_k} (generating eps included; E[log q^] >= log q, "
-                "weights p/q^ are exact importance weights on the extended space (theta, eps))")
+        return (
+            f"estimate: {self.name} K={self.eval_k} (generating eps included; E[log q^] >= log q, "
+            "weights p/q^ are exact importance weights on the extended space (theta, eps))"
+        )
 
     _least_k = 1
 
@@ -323,14 +329,23 @@ def _sizes(who, dim, latent_dim, hidden):
     return latent_dim
 
 
-def sivi(dim: int, loc=None, chol=None, *, key=None, latent_dim: int | None = None,
-         hidden: Sequence[int] = (32, 32), k: int = 50, eval_k: int = 1000) -> SemiImplicit:
+def sivi(
+    dim: int,
+    loc=None,
+    chol=None,
+    *,
+    key=None,
+    latent_dim: int | None = None,
+    hidden: Sequence[int] = (32, 32),
+    k: int = 50,
+    eval_k: int = 1000,
+) -> SemiImplicit:
     """The semi-implicit family (``family="sivi"``), starting at ``N(loc, chol chol^T)``.
 
     Args:
         dim: dimension of theta.
-        loc, chol: the Laplace mode ``(dim,)`` and covariance factor ``(dim, dim)`` (the
-            fixed whitening; identity when None).
+        loc: the Laplace mode ``(dim,)`` (the fixed whitening's shift; 0 when None).
+        chol: the Laplace covariance factor ``(dim, dim)`` (identity when None).
         key: PRNG key for the decoder's weights.
         latent_dim: dimension of eps (default ``dim``).
         hidden: the decoder MLP's hidden widths.
@@ -340,17 +355,33 @@ def sivi(dim: int, loc=None, chol=None, *, key=None, latent_dim: int | None = No
     latent_dim = _sizes("sivi", dim, latent_dim, hidden)
     check_ints("sivi", k=k, eval_k=eval_k)
     key = jax.random.key(0) if key is None else key
-    return SemiImplicit(GaussianDecoder(key, dim, latent_dim, hidden), _whitening(dim, loc, chol), dim, latent_dim,
-                        k, eval_k)
+    return SemiImplicit(
+        GaussianDecoder(key, dim, latent_dim, hidden), _whitening(dim, loc, chol), dim, latent_dim, k, eval_k
+    )
 
 
-def hierarchical(dim: int, loc=None, chol=None, *, key=None, latent_dim: int | None = None,
-                 hidden: Sequence[int] = (32, 32), k: int = 4, eval_k: int = 64, reverse_layers: int = 2,
-                 reverse_hidden: Sequence[int] = (32, 32)) -> Hierarchical:
+def hierarchical(
+    dim: int,
+    loc=None,
+    chol=None,
+    *,
+    key=None,
+    latent_dim: int | None = None,
+    hidden: Sequence[int] = (32, 32),
+    k: int = 4,
+    eval_k: int = 64,
+    reverse_layers: int = 2,
+    reverse_hidden: Sequence[int] = (32, 32),
+) -> Hierarchical:
     """The hierarchical family (``family="hierarchical"``), starting at ``N(loc, chol chol^T)``.
 
     Args:
-        dim, loc, chol, key, latent_dim, hidden: as for :func:`sivi`.
+        dim: dimension of theta.
+        loc: the Laplace mode ``(dim,)`` (as for :func:`sivi`).
+        chol: the Laplace covariance factor ``(dim, dim)`` (as for :func:`sivi`).
+        key: PRNG key for the decoder's and reverse model's weights.
+        latent_dim: dimension of eps (default ``dim``).
+        hidden: the decoder MLP's hidden widths.
         k: ``K``, extra reverse-model draws of the training bound (0: the plain
             hierarchical bound of Ranganath et al. 2016).
         eval_k: ``K`` for the diagnostics' and importance weights' estimate of ``log q``.

@@ -74,8 +74,10 @@ def _draws(q, log_p, key, n, stl):
 
 def _refuse_latent(q, name):
     if is_latent(q):
-        raise ValueError(f"objective={name!r} needs log q exactly; the {q.name!r} family has only bounds on it: "
-                         "use objective='elbo' (its own bound) or 'iwfkl'")
+        raise ValueError(
+            f"objective={name!r} needs log q exactly; the {q.name!r} family has only bounds on it: "
+            "use objective='elbo' (its own bound) or 'iwfkl'"
+        )
 
 
 def elbo(q, log_p, key, n, stl=True, k=None):
@@ -84,9 +86,11 @@ def elbo(q, log_p, key, n, stl=True, k=None):
     if is_latent(q):
         return q.elbo_bound(log_p, key, n, k)
     if k is not None:
-        raise ValueError("fit: objective 'elbo' takes the options ['stl'] for a flow, whose log q is exact; `k` "
-                         "(inner samples of a latent-variable family's bound) applies to family='sivi' or "
-                         "'hierarchical' only")
+        raise ValueError(
+            "fit: objective 'elbo' takes the options ['stl'] for a flow, whose log q is exact; `k` "
+            "(inner samples of a latent-variable family's bound) applies to family='sivi' or "
+            "'hierarchical' only"
+        )
     x, lq, lp = _draws(q, log_p, key, n, stl and has_fast_inverse(q))
     e = jnp.mean(lp - lq)
     return -e, e
@@ -98,8 +102,10 @@ def iwelbo(q, log_p, key, n, k=8):
     k = min(k, n)
     groups = max(n // k, 1)
     if not has_inverse(q):
-        raise ValueError("objective='iwelbo' (DReG) needs log q of the family's own draws with stopped "
-                         "parameters, i.e. an invertible flow; this family has no inverse")
+        raise ValueError(
+            "objective='iwelbo' (DReG) needs log q of the family's own draws with stopped "
+            "parameters, i.e. an invertible flow; this family has no inverse"
+        )
     x, lq, lp = _draws(q, log_p, key, groups * k, stl=True)
     lw = (lp - lq).reshape(groups, k)
     w = jax.lax.stop_gradient(jax.nn.softmax(lw, axis=1))
@@ -109,6 +115,7 @@ def iwelbo(q, log_p, key, n, k=8):
 
 
 def renyi(q, log_p, key, n, alpha=0.5):
+    """The Renyi bound of order ``alpha`` (Li & Turner 2016), reparameterised."""
     _refuse_latent(q, "renyi")
     x, lq = q.sample_and_log_prob(key, n)
     lw = log_p(x) - lq
@@ -119,6 +126,7 @@ def renyi(q, log_p, key, n, alpha=0.5):
 
 
 def fkl(q, log_p, key, n):
+    """Forward KL by self-normalised importance sampling: ``max E_q[w log q]``."""
     _refuse_latent(q, "fkl")
     x, lq = q.sample_and_log_prob(key, n)
     x, lq = jax.lax.stop_gradient((x, lq))
@@ -185,8 +193,10 @@ def iwfkl(q, log_p, key, n, k=8, proposal=None, defensive=None):
         defensive = 0.1 if proposal is None and is_latent(q) else 0.0
     if defensive:
         if not (0.0 < defensive < 1.0) or proposal is not None or not is_latent(q):
-            raise ValueError("objective 'iwfkl': `defensive` must be in [0, 1), with the default proposal and a "
-                             f"latent-variable family, got {defensive!r}")
+            raise ValueError(
+                "objective 'iwfkl': `defensive` must be in [0, 1), with the default proposal and a "
+                f"latent-variable family, got {defensive!r}"
+            )
         x, lr = _defensive_draws(q, k_draw, n, k, defensive)
     else:
         x, lr = r.sample_and_log_prob(k_draw, n, k=k) if is_latent(r) else r.sample_and_log_prob(k_draw, n)
@@ -225,12 +235,20 @@ def _check_option(name, value):
     if name == "k":
         return as_ints("fit: objective option", k=value)[0]
     if name == "alpha":
-        real = not isinstance(value, (bool, np.bool_)) and np.ndim(value) == 0 and (
-            isinstance(value, numbers.Real) or np.issubdtype(getattr(value, "dtype", object), np.floating)
-            or np.issubdtype(getattr(value, "dtype", object), np.integer))
+        real = (
+            not isinstance(value, (bool, np.bool_))
+            and np.ndim(value) == 0
+            and (
+                isinstance(value, numbers.Real)
+                or np.issubdtype(getattr(value, "dtype", object), np.floating)
+                or np.issubdtype(getattr(value, "dtype", object), np.integer)
+            )
+        )
         if not (real and math.isfinite(float(value)) and float(value) >= 0):
-            raise ValueError(f"fit: objective option `alpha` must be a finite number >= 0 (alpha < 0 gives an "
-                             f"upper bound on log p, not a variational bound), got {value!r}")
+            raise ValueError(
+                f"fit: objective option `alpha` must be a finite number >= 0 (alpha < 0 gives an "
+                f"upper bound on log p, not a variational bound), got {value!r}"
+            )
         return float(value)
     if name == "proposal" and value is not None and not hasattr(getattr(value, "q", value), "sample_and_log_prob"):
         raise ValueError(f"fit: objective option `proposal` must be None, a fitted flow or a FitResult, got {value!r}")
@@ -328,8 +346,9 @@ def nonfinite_sites(target, u) -> str:
         return ""
     nan = [k for k, v in terms.items() if np.isnan(v)]
     neg = [k for k, v in terms.items() if v == -np.inf]
-    parts = ([f"NaN in site {', '.join(map(repr, nan))}"] if nan else []) + \
-        ([f"-inf in site {', '.join(map(repr, neg))}"] if neg else [])
+    parts = ([f"NaN in site {', '.join(map(repr, nan))}"] if nan else []) + (
+        [f"-inf in site {', '.join(map(repr, neg))}"] if neg else []
+    )
     return f"; at u = 0 the log density is {' and '.join(parts)}" if parts else ""
 
 

@@ -61,6 +61,7 @@ class FitResult:
         return self.constrain(u)
 
     def constrain(self, u) -> dict[str, np.ndarray]:
+        """The model's quantities of unconstrained draws ``u (n, dim)``: name -> ``(n, *shape)``."""
         out = jax.jit(jax.vmap(self.target.to_model))(u)
         return {k: np.asarray(v) for k, v in out.items()}
 
@@ -83,76 +84,6 @@ class FitResult:
         """Draws ``u (n, dim)`` and their log importance weights ``log p(u) - log q(u)``."""
         u, lp, lq = self.log_densities(key, n)
         return u, np.asarray(lp - lq, dtype=np.float64)
-
-    # -- diagnostics --------------------------------------------------------------------
-    def diagnostics(self, key=None, n: int = 4000) -> dict[str, Any]:
-        """ELBO, PSIS k-hat, importance-sampling ESS and convergence of the run.
-
-        Keys: ``elbo`` (with ``elbo_se``), ``khat``, ``ess`` (of the smoothed weights,
-        out of ``n``), ``ess_fraction``, ``converged`` (ELBO plateau over the last fifth
-        of the run), ``elbo_slope`` (nats per 1000 steps there), ``grad_norm`` (median
-        there), ``log_evidence`` (importance-sampling estimate of log Z, an upper
-        estimate vs. the ELBO), ``warnings`` (list of str), ``message`` and ``start``
-        (how the family started, e.g. the Laplace note; None if it started as built).
-        """
-        key = jax.random.key(12345) if key is None else key
-        check_ints(least=10, n=n)  # PSIS fits a tail to the largest weights: it needs some
-        _, log_w = self.log_weights(key, n)
-        finite = np.isfinite(log_w)
-        if finite.any():
-            lw, khat = psis(log_w)
-            w = np.exp(lw)
-            ess = float(1.0 / np.sum(w**2))
-            m = np.max(log_w[finite])
-            log_z = float(m + np.log(np.mean(np.exp(np.where(finite, log_w - m, -np.inf)))))
-        else:  # nothing to weight: no correction, no evidence
-            khat, ess, log_z = float("inf"), 0.0, float("nan")
-        # the ELBO is the mean over ALL draws: a draw where the target is -inf makes it -inf
-        # (q puts mass where the posterior has none), not the mean of the finite ones
-        elbo = float(np.mean(log_w))
-        elbo_se = float(np.std(log_w) / np.sqrt(n)) if finite.all() else float("nan")
-        conv = self.convergence()
-        out = {"elbo": elbo, "elbo_se": elbo_se,
-               "khat": khat, "ess": ess, "ess_fraction": ess / n, "log_evidence": log_z,
-               "nonfinite_weights": int((~finite).sum()), **conv, "message": self.message,
-               "start": None if self.start is None else self.start.note}
-        notes = []
-        if khat > 0.7:
-            notes.append(f"k-hat {khat:.2f} > 0.7: importance weights are unreliable; q misses part of the posterior")
-        elif khat > 0.5:
-            notes.append(f"k-hat {khat:.2f} in (0.5, 0.7]: usable, but treat tails and variances with care")
-        if not np.isfinite(conv["elbo_slope"]):
-            notes.append(f"{len(self.trace.elbo)} steps are too few to judge convergence (50 at least)")
-        elif not conv["converged"]:
-            notes.append(f"the ELBO was still moving at the end ({conv['elbo_slope']:+.3g} nats / 1000 steps): "
-                         "run more steps")
-            if khat <= 0.7:
-                notes.append("k-hat looks fine but the optimisation had not converged: the two disagree, do not "
-                             "trust k-hat alone (a collapsed q can give flat weights)")
-        if (~finite).any():
-            notes.append(f"{int((~finite).sum())} of {n} draws have non-finite log p - log q, so the ELBO is "
-                         f"{elbo}: q puts mass where the target is -inf (or NaN); k-hat and ESS weigh those draws 0")
-        out["warnings"] = notes
-        return out
-
-    def convergence(self) -> dict[str, Any]:
-        """Whether the ELBO trace had flattened over the last fifth of the run: its drift there
-        is within the noise, or would add up to less than 0.1 nats over as many steps again."""
-        e = np.asarray(self.trace.elbo, dtype=np.float64)
-        g = np.asarray(self.trace.grad_norm, dtype=np.float64)
-        if len(e) < 50:
-            return {"converged": False, "elbo_slope": float("nan"), "grad_norm": float(np.median(g)) if len(g) else float("nan")}
-        tail = e[-max(len(e) // 5, 25):]
-        t = np.arange(len(tail))
-        slope = float(np.polyfit(t, tail, 1)[0])
-        se_slope = float(np.std(tail) * np.sqrt(12.0 / len(tail) ** 3))
-        # flat if the drift over the tail is within its noise, or if as many steps again at that
-        # drift would move the ELBO by less than 0.1 nats (a KL change too small to matter to
-        # the importance weights; a fixed 0.01 nats / 1000 steps flagged 300-D fits that
-        # matched NUTS to |z| 0.07 with 96% ESS)
-        converged = abs(slope) < 3 * se_slope or abs(slope) * len(e) < 0.1
-        return {"converged": bool(converged), "elbo_slope": slope * 1000,
-                "grad_norm": float(np.median(g[-len(tail):]))}
 
     # -- diagnostics --------------------------------------------------------------------
     def diagnostics(self, key=None, n: int = 4000) -> dict[str, Any]:
@@ -212,16 +143,31 @@ class FitResult:
 
         posterior = {k: split(v) for k, v in draws.items()}
         stats = {"log_weight": split(log_w), "lp": split(lp)}
-        return az.from_dict(posterior=posterior, sample_stats=stats,
-                            attrs={"target": self.target.name, "family": self.family, "objective": self.objective,
-                                   "inference_library": "flowpost"})
+        return az.from_dict(
+            posterior=posterior,
+            sample_stats=stats,
+            attrs={
+                "target": self.target.name,
+                "family": self.family,
+                "objective": self.objective,
+                "inference_library": "flowpost",
+            },
+        )
 
     def summary(self, key=None, n: int = 4000) -> dict[str, dict[str, float]]:
         """Per flat quantity: mean, sd and the 5/50/95% quantiles of ``n`` draws."""
         key = jax.random.key(0) if key is None else key
         flat = flatten_draws(self.sample(key, n))
-        return {k: {"mean": float(np.mean(v)), "sd": float(np.std(v)), "q5": float(np.quantile(v, 0.05)),
-                    "q50": float(np.quantile(v, 0.5)), "q95": float(np.quantile(v, 0.95))} for k, v in flat.items()}
+        return {
+            k: {
+                "mean": float(np.mean(v)),
+                "sd": float(np.std(v)),
+                "q5": float(np.quantile(v, 0.05)),
+                "q50": float(np.quantile(v, 0.5)),
+                "q95": float(np.quantile(v, 0.95)),
+            }
+            for k, v in flat.items()
+        }
 
     def compare_reference(self, key=None, n: int = 10000, resampled: bool = False) -> dict[str, Any]:
         """Against ``target.reference``: worst ``|mean - ref mean| / ref sd`` (``z``) and
@@ -237,14 +183,34 @@ class FitResult:
         :func:`flowpost.engine.checkpoint.folder`): ``q.eqx`` (parameters), ``meta.json``,
         ``trace.npz``, ``start.npz`` (the start's mode and covariance factor, when there
         was one) and ``posterior.nc`` (ArviZ netCDF of 4000 draws)."""
-        start = None if self.start is None else {"log_prob": float(self.start.log_prob),
-                                                 "iterations": int(self.start.iterations), "note": self.start.note}
+        start = (
+            None
+            if self.start is None
+            else {
+                "log_prob": float(self.start.log_prob),
+                "iterations": int(self.start.iterations),
+                "note": self.start.note,
+            }
+        )
         idata = self.to_arviz()
         with checkpoint.folder(path, "FitResult.save") as tmp:
-            save_flow(tmp, self.q, self.trace, {
-                "target": self.target.name, "builtin": checkpoint.json_or_none(self.target.builtin),
-                "dim": self.target.dim, "family": self.family, "objective": self.objective, "steps": self.steps,
-                "message": self.message, "status": str(self.status), "seconds": self.seconds, "start": start})
+            save_flow(
+                tmp,
+                self.q,
+                self.trace,
+                {
+                    "target": self.target.name,
+                    "builtin": checkpoint.json_or_none(self.target.builtin),
+                    "dim": self.target.dim,
+                    "family": self.family,
+                    "objective": self.objective,
+                    "steps": self.steps,
+                    "message": self.message,
+                    "status": str(self.status),
+                    "seconds": self.seconds,
+                    "start": start,
+                },
+            )
             if self.start is not None:
                 checkpoint.write_npz(tmp / "start.npz", mode=self.start.mode, chol=self.start.chol)
             idata.to_netcdf(str(tmp / "posterior.nc"))
@@ -318,14 +284,18 @@ def load(path, target: Target | None = None, like=None) -> FitResult:
 
         builtin = meta.get("builtin") if meta.get("format", 1) >= 2 else {"name": meta["target"], "kwargs": {}}
         if not builtin:
-            raise ValueError(f"load: the result was fitted to {meta['target']!r}, a user's target (not one of "
-                             "fp.targets.get's built-in targets, or one built with keywords that JSON cannot hold); "
-                             "pass `target=` (the same Target)")
+            raise ValueError(
+                f"load: the result was fitted to {meta['target']!r}, a user's target (not one of "
+                "fp.targets.get's built-in targets, or one built with keywords that JSON cannot hold); "
+                "pass `target=` (the same Target)"
+            )
         try:
             target = targets.get(builtin["name"], **builtin["kwargs"])
         except (ValueError, TypeError) as e:
-            raise ValueError(f"load: the result was fitted to {meta['target']!r}, which is not a built-in target; "
-                             "pass `target=` (the same Target object)") from e
+            raise ValueError(
+                f"load: the result was fitted to {meta['target']!r}, which is not a built-in target; "
+                "pass `target=` (the same Target object)"
+            ) from e
     if target.dim != meta["dim"]:
         raise ValueError(f"load: saved dim {meta['dim']} but the target has dim {target.dim}")
     if like is None:
@@ -335,10 +305,18 @@ def load(path, target: Target | None = None, like=None) -> FitResult:
         if meta["family"] == "flow" and meta.get("format", 1) < 3:  # saved when the base was always t with df 10
             like = families.flow(meta["dim"], df=10.0)
     q, trace = read_flow(path, meta, like, "load")
-    return FitResult(q=q, target=target, trace=trace, steps=meta["steps"],
-                     message=meta["message"], seconds=meta["seconds"], family=meta["family"],
-                     objective=meta["objective"], start=_read_start(path, meta),
-                     status=status_of(meta))
+    return FitResult(
+        q=q,
+        target=target,
+        trace=trace,
+        steps=meta["steps"],
+        message=meta["message"],
+        seconds=meta["seconds"],
+        family=meta["family"],
+        objective=meta["objective"],
+        start=_read_start(path, meta),
+        status=status_of(meta),
+    )
 
 
 def status_of(meta: dict) -> Status:
@@ -347,8 +325,11 @@ def status_of(meta: dict) -> Status:
     if "status" in meta:
         return Status(meta["status"])
     message = meta.get("message", "")
-    for prefix, status in (("stopped", Status.NONFINITE), ("interrupted", Status.INTERRUPTED),
-                           ("converged", Status.EARLY_STOP)):
+    for prefix, status in (
+        ("stopped", Status.NONFINITE),
+        ("interrupted", Status.INTERRUPTED),
+        ("converged", Status.EARLY_STOP),
+    ):
         if message.startswith(prefix):
             return status
     return Status.COMPLETED
@@ -363,5 +344,10 @@ def _read_start(path, meta: dict):
     if not meta.get("start") or not file.exists():
         return None
     arrays = np.load(file)
-    return Laplace(jnp.asarray(arrays["mode"]), jnp.asarray(arrays["chol"]), meta["start"]["log_prob"],
-                   meta["start"]["iterations"], meta["start"]["note"])
+    return Laplace(
+        jnp.asarray(arrays["mode"]),
+        jnp.asarray(arrays["chol"]),
+        meta["start"]["log_prob"],
+        meta["start"]["iterations"],
+        meta["start"]["note"],
+    )

@@ -76,8 +76,10 @@ class Target:
                 raise ValueError(f"Target: `names` must be distinct non-empty strings, got {names!r}")
             object.__setattr__(self, "names", names)
             if self.constrain is None and len(names) != self.dim:
-                raise ValueError(f"Target: {len(names)} `names` for dim {self.dim}: without `constrain`, give one "
-                                 "name per coordinate")
+                raise ValueError(
+                    f"Target: {len(names)} `names` for dim {self.dim}: without `constrain`, give one "
+                    "name per coordinate"
+                )
 
     def to_model(self, u: Array) -> dict[str, Array]:
         """Model-space quantities of one unconstrained vector ``u (dim,)``."""
@@ -96,9 +98,11 @@ class Target:
         if self.names is None:
             return derived
         if len(self.names) != len(derived):
-            raise ValueError(f"Target {self.name!r}: {len(self.names)} `names` but `constrain` gives "
-                             f"{len(derived)} flattened quantities ({', '.join(derived[:6])}"
-                             f"{', ...' if len(derived) > 6 else ''})")
+            raise ValueError(
+                f"Target {self.name!r}: {len(self.names)} `names` but `constrain` gives "
+                f"{len(derived)} flattened quantities ({', '.join(derived[:6])}"
+                f"{', ...' if len(derived) > 6 else ''})"
+            )
         return self.names
 
 
@@ -111,7 +115,7 @@ def flat_names(name: str, shape: tuple[int, ...]) -> list[str]:
     return [f"{name}[{','.join(str(int(i)) for i in row)}]" for row in idx]
 
 
-def flatten_draws(draws: Mapping[str, Array]) -> dict[str, np.ndarray]:
+def flatten_draws(draws: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """``{name: (n, *shape)}`` -> ``{flat_name: (n,)}`` (names 0-based, as in ArviZ: ``theta[0]``)."""
     out: dict[str, np.ndarray] = {}
     for k, v in draws.items():

@@ -32,6 +32,26 @@ from .model import (
 )
 from .train import BNNResult, fit, fit_many, load, minibatch_log_joint
 
-__all__ = ["model", "mlp", "BNN", "Gaussian", "HeteroscedasticGaussian", "Bernoulli", "Categorical", "GaussianPrior",
-           "make_likelihood", "fit", "fit_many", "load", "BNNResult", "minibatch_log_joint", "families", "FAMILIES",
-           "predict", "uci", "experiment", "run_uci", "run_classification"]
+__all__ = [
+    "model",
+    "mlp",
+    "BNN",
+    "Gaussian",
+    "HeteroscedasticGaussian",
+    "Bernoulli",
+    "Categorical",
+    "GaussianPrior",
+    "make_likelihood",
+    "fit",
+    "fit_many",
+    "load",
+    "BNNResult",
+    "minibatch_log_joint",
+    "families",
+    "FAMILIES",
+    "predict",
+    "uci",
+    "experiment",
+    "run_uci",
+    "run_classification",
+]

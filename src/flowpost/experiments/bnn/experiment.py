@@ -41,8 +41,23 @@ def _split_list(name, splits, total):
     return splits
 
 
-def fit_splits(name, data, likelihood, n_out, hidden, family, epochs, batch_size, num_samples, learning_rate, seed,
-               family_options, progress, prior, members):
+def fit_splits(
+    name,
+    data,
+    likelihood,
+    n_out,
+    hidden,
+    family,
+    epochs,
+    batch_size,
+    num_samples,
+    learning_rate,
+    seed,
+    family_options,
+    progress,
+    prior,
+    members,
+):
     """The protocol's network (one hidden layer of ``hidden`` units, ``n_out`` outputs per
     example) and its posteriors on every split of ``data`` (a stacked
     :class:`~flowpost.experiments.bnn.uci.Split`), fitted together: ``(model, results)``.
@@ -51,16 +66,43 @@ def fit_splits(name, data, likelihood, n_out, hidden, family, epochs, batch_size
     key = jax.random.key(seed)
     net = mlp(jax.random.fold_in(key, 1), data.x_train.shape[-1], n_out, (hidden,))
     m = model(net, likelihood, prior=prior)
-    results = fit_many(m, data.x_train, data.y_train, family, epochs=epochs, batch_size=batch_size,
-                       num_samples=num_samples, learning_rate=learning_rate, key=jax.random.fold_in(key, 2),
-                       family_options=family_options, progress=progress, label=name, members=members)
+    results = fit_many(
+        m,
+        data.x_train,
+        data.y_train,
+        family,
+        epochs=epochs,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        learning_rate=learning_rate,
+        key=jax.random.fold_in(key, 2),
+        family_options=family_options,
+        progress=progress,
+        label=name,
+        members=members,
+    )
     return m, results
 
 
-def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 400, batch_size: int = 32,
-            num_samples: int = 4, learning_rate: float = 3e-3, test_samples: int = 200, seed: int = 0,
-            hidden: int | None = None, prior: float = 1.0, family_options: dict | None = None,
-            members: int = 1, likelihood: str = "gaussian", progress: bool = True, out=None) -> dict:
+def run_uci(
+    dataset: str,
+    family: str = "flow",
+    *,
+    splits=None,
+    epochs: int = 400,
+    batch_size: int = 32,
+    num_samples: int = 4,
+    learning_rate: float = 3e-3,
+    test_samples: int = 200,
+    seed: int = 0,
+    hidden: int | None = None,
+    prior: float = 1.0,
+    family_options: dict | None = None,
+    members: int = 1,
+    likelihood: str = "gaussian",
+    progress: bool = True,
+    out=None,
+) -> dict:
     """The UCI regression protocol on ``dataset`` (one of :data:`uci.REGRESSION`).
 
     One hidden layer (50 units, 100 for protein), learned Gaussian noise (``likelihood=
@@ -83,8 +125,23 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
     data = uci.load_splits(dataset, chosen)
     t0 = time.perf_counter()
     n_out = 2 if likelihood == "heteroscedastic" else 1
-    m, results = fit_splits(dataset, data, likelihood, n_out, hidden or uci.hidden_units(dataset), family, epochs,
-                            batch_size, num_samples, learning_rate, seed, family_options, progress, prior, members)
+    m, results = fit_splits(
+        dataset,
+        data,
+        likelihood,
+        n_out,
+        hidden or uci.hidden_units(dataset),
+        family,
+        epochs,
+        batch_size,
+        num_samples,
+        learning_rate,
+        seed,
+        family_options,
+        progress,
+        prior,
+        members,
+    )
     seconds = time.perf_counter() - t0
     rows, first = [], None
     y_mean, y_std = np.asarray(data.y_mean), np.asarray(data.y_std)  # one per split (stacked)
@@ -94,13 +151,23 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
         first = first or (pr, data.y_test[p])
         rows.append({"split": s, "rmse": pr["rmse"], "test_ll": pr["test_ll"], "message": r.message})
         if members > 1:  # what the ensemble adds: its first member is the single fit
-            pr1 = predict.regression(m, r.q.components[0].sample(key, test_samples), data.x_test[p], data.y_test[p],
-                                     y_mean[p], y_std[p])
+            pr1 = predict.regression(
+                m, r.q.components[0].sample(key, test_samples), data.x_test[p], data.y_test[p], y_mean[p], y_std[p]
+            )
             rows[-1].update(member1_rmse=pr1["rmse"], member1_test_ll=pr1["test_ll"])
-    out_dict = {"dataset": dataset, "family": family, "members": members, "likelihood": likelihood, "epochs": epochs,
-                "batch_size": batch_size,
-                "num_samples": num_samples, "learning_rate": learning_rate, "n_params": m.dim,
-                "seconds": seconds, "splits": rows}
+    out_dict = {
+        "dataset": dataset,
+        "family": family,
+        "members": members,
+        "likelihood": likelihood,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "num_samples": num_samples,
+        "learning_rate": learning_rate,
+        "n_params": m.dim,
+        "seconds": seconds,
+        "splits": rows,
+    }
     out_dict["rmse_mean"], out_dict["rmse_se"] = _mean_se([r["rmse"] for r in rows])
     out_dict["test_ll_mean"], out_dict["test_ll_se"] = _mean_se([r["test_ll"] for r in rows])
     if members > 1:
@@ -111,15 +178,30 @@ def run_uci(dataset: str, family: str = "flow", *, splits=None, epochs: int = 40
         _save_posteriors(out, chosen, results)
         assert first is not None  # at least one split was fitted
         pr, y = first
-        predict.regression_plot(pr["mean"], pr["sd"], y, out / "predictive.png",
-                                title=f"{dataset}, split {chosen[0]} ({family})")
+        predict.regression_plot(
+            pr["mean"], pr["sd"], y, out / "predictive.png", title=f"{dataset}, split {chosen[0]} ({family})"
+        )
     return out_dict
 
 
-def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: int = 200, batch_size: int = 32,
-                       num_samples: int = 4, learning_rate: float = 3e-3, test_samples: int = 200, seed: int = 0,
-                       hidden: int = 50, prior: float = 1.0, family_options: dict | None = None,
-                       members: int = 1, progress: bool = True, out=None) -> dict:
+def run_classification(
+    dataset: str,
+    family: str = "flow",
+    *,
+    splits=5,
+    epochs: int = 200,
+    batch_size: int = 32,
+    num_samples: int = 4,
+    learning_rate: float = 3e-3,
+    test_samples: int = 200,
+    seed: int = 0,
+    hidden: int = 50,
+    prior: float = 1.0,
+    family_options: dict | None = None,
+    members: int = 1,
+    progress: bool = True,
+    out=None,
+) -> dict:
     """A one-hidden-layer Bernoulli BNN on a classification set (:data:`uci.CLASSIFICATION`),
     90/10 splits by the UCI rule. Returns ``accuracy_mean/_se``, ``test_ll_mean/_se``,
     ``ece_mean/_se`` and per-split rows; with ``out``: ``results.json``,
@@ -130,8 +212,23 @@ def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: 
     out = out_folder("bnn", out)
     data = uci.load_splits(dataset, chosen)
     t0 = time.perf_counter()
-    m, results = fit_splits(dataset, data, "bernoulli", 1, hidden, family, epochs, batch_size, num_samples,
-                            learning_rate, seed, family_options, progress, prior, members)
+    m, results = fit_splits(
+        dataset,
+        data,
+        "bernoulli",
+        1,
+        hidden,
+        family,
+        epochs,
+        batch_size,
+        num_samples,
+        learning_rate,
+        seed,
+        family_options,
+        progress,
+        prior,
+        members,
+    )
     seconds = time.perf_counter() - t0
     rows, all_p, all_y = [], [], []
     for p, (s, r) in enumerate(zip(chosen, results)):
@@ -139,13 +236,20 @@ def run_classification(dataset: str, family: str = "flow", *, splits=5, epochs: 
         all_p.append(pr["probs"])
         all_y.append(data.y_test[p])
         rows.append({"split": s, **{k: pr[k] for k in ("accuracy", "test_ll", "ece")}, "message": r.message})
-    out_dict = {"dataset": dataset, "family": family, "members": members, "epochs": epochs, "seconds": seconds,
-                "splits": rows}
+    out_dict = {
+        "dataset": dataset,
+        "family": family,
+        "members": members,
+        "epochs": epochs,
+        "seconds": seconds,
+        "splits": rows,
+    }
     for k in ("accuracy", "test_ll", "ece"):
         out_dict[f"{k}_mean"], out_dict[f"{k}_se"] = _mean_se([r[k] for r in rows])
     if out is not None:
         write_json(out / "results.json", out_dict)
         _save_posteriors(out, chosen, results)
-        predict.reliability_plot(np.concatenate(all_p), np.concatenate(all_y), out / "reliability.png",
-                                 title=f"{dataset} ({family})")
+        predict.reliability_plot(
+            np.concatenate(all_p), np.concatenate(all_y), out / "reliability.png", title=f"{dataset} ({family})"
+        )
     return out_dict

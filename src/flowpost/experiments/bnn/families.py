@@ -116,9 +116,9 @@ class Blockwise(F.Bijection):
     def _apply(self, x, method):
         b = self.bijection.dim
         stop = self.start + self.n_blocks * b
-        blocks = x[self.start:stop].reshape(self.n_blocks, b)
+        blocks = x[self.start : stop].reshape(self.n_blocks, b)
         y, ld = jax.vmap(lambda v: getattr(self.bijection, method)(v, None))(blocks)
-        return jnp.concatenate([x[:self.start], y.reshape(-1), x[stop:]]), jnp.sum(ld)
+        return jnp.concatenate([x[: self.start], y.reshape(-1), x[stop:]]), jnp.sum(ld)
 
     def _forward(self, x, context):
         return self._apply(x, "_forward")
@@ -158,8 +158,18 @@ def last_layer_index(model: BNN, max_dim: int = 1024) -> np.ndarray:
     return index[-max_dim:]
 
 
-def make(family: str | F.Flow, model: BNN, *, key=None, init_scale: float = 1e-2, rank: int | None = None,
-         layers: int | None = None, hidden=None, block: int = 8, index=None) -> F.Flow:
+def make(
+    family: str | F.Flow,
+    model: BNN,
+    *,
+    key=None,
+    init_scale: float = 1e-2,
+    rank: int | None = None,
+    layers: int | None = None,
+    hidden=None,
+    block: int = 8,
+    index=None,
+) -> F.Flow:
     """A variational family over ``model``'s ``theta`` (see the module docstring).
 
     Args:
@@ -209,20 +219,26 @@ def make(family: str | F.Flow, model: BNN, *, key=None, init_scale: float = 1e-2
             parts.append(Blockwise(_realnvp(k, block, layers, hidden), start, size // block, d))
         start += size
     if not parts:
-        raise ValueError(f"bnn: `block` {block} is larger than every parameter array (the largest has "
-                         f"{int(np.bincount(model.segments).max())} weights), so 'blockflow' would be mean-field; "
-                         "use a smaller `block`")
+        raise ValueError(
+            f"bnn: `block` {block} is larger than every parameter array (the largest has "
+            f"{int(np.bincount(model.segments).max())} weights), so 'blockflow' would be mean-field; "
+            "use a smaller `block`"
+        )
     return F.Flow(F.Chain(parts + [affine]))
 
 
 def _check_index(index, dim: int) -> np.ndarray:
     idx = np.asarray(index)
     if idx.ndim != 1 or idx.size < 2 or not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"bnn: the subspace `index` must be a 1-D array of at least 2 integer coordinates, got "
-                         f"shape {idx.shape}, dtype {idx.dtype}")
+        raise ValueError(
+            f"bnn: the subspace `index` must be a 1-D array of at least 2 integer coordinates, got "
+            f"shape {idx.shape}, dtype {idx.dtype}"
+        )
     if idx.min() < 0 or idx.max() >= dim:
-        raise ValueError(f"bnn: the subspace `index` must lie in [0, {dim}) (the model's theta), got values in "
-                         f"[{idx.min()}, {idx.max()}]")
+        raise ValueError(
+            f"bnn: the subspace `index` must lie in [0, {dim}) (the model's theta), got values in "
+            f"[{idx.min()}, {idx.max()}]"
+        )
     if len(np.unique(idx)) != idx.size:
         raise ValueError(f"bnn: the subspace `index` repeats {idx.size - len(np.unique(idx))} coordinate(s)")
     return idx

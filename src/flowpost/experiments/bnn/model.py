@@ -83,8 +83,10 @@ class Gaussian:
     def check(self, out_shape, y):
         """Raise ``ValueError`` unless network outputs of shape ``out_shape`` per example fit labels ``y``."""
         if out_shape not in ((), (1,)):
-            raise ValueError(f"bnn: a Gaussian likelihood needs one output per example (shape () or (1,)), "
-                             f"the network returns shape {out_shape}")
+            raise ValueError(
+                f"bnn: a Gaussian likelihood needs one output per example (shape () or (1,)), "
+                f"the network returns shape {out_shape}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +121,10 @@ class HeteroscedasticGaussian:
     def check(self, out_shape, y):
         """Raise ``ValueError`` unless network outputs of shape ``out_shape`` per example fit labels ``y``."""
         if out_shape != (2,):
-            raise ValueError(f"bnn: a heteroscedastic Gaussian likelihood needs two outputs per example (mean and "
-                             f"noise scale, shape (2,)), the network returns shape {out_shape}")
+            raise ValueError(
+                f"bnn: a heteroscedastic Gaussian likelihood needs two outputs per example (mean and "
+                f"noise scale, shape (2,)), the network returns shape {out_shape}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,9 +153,11 @@ class Bernoulli:
         """Raise ``ValueError`` unless network outputs of shape ``out_shape`` per example fit labels ``y``."""
         want = ((), (1,)) if y.ndim == 1 else (tuple(y.shape[1:]),)
         if out_shape not in want:
-            raise ValueError(f"bnn: a Bernoulli likelihood needs network outputs of shape "
-                             f"{' or '.join(map(str, want))} per example for labels `y` of shape {y.shape}; "
-                             f"the network returns shape {out_shape}")
+            raise ValueError(
+                f"bnn: a Bernoulli likelihood needs network outputs of shape "
+                f"{' or '.join(map(str, want))} per example for labels `y` of shape {y.shape}; "
+                f"the network returns shape {out_shape}"
+            )
         bad = ~np.isin(y, (0, 1))
         if bad.any():
             raise ValueError(f"bnn: Bernoulli labels `y` must be 0 or 1; found {np.unique(y[bad])[:5].tolist()}")
@@ -179,16 +185,22 @@ class Categorical:
     def check(self, out_shape, y):
         """Raise ``ValueError`` unless network outputs of shape ``out_shape`` per example fit labels ``y``."""
         if len(out_shape) != 1 or out_shape[0] < 2:
-            raise ValueError(f"bnn: a categorical likelihood needs K >= 2 logits per example (shape (K,)), "
-                             f"the network returns shape {out_shape}")
+            raise ValueError(
+                f"bnn: a categorical likelihood needs K >= 2 logits per example (shape (K,)), "
+                f"the network returns shape {out_shape}"
+            )
         k = out_shape[0]
         fractional = np.mod(y, 1) != 0
         if fractional.any():
-            raise ValueError(f"bnn: categorical labels `y` must be integers; found {int(fractional.sum())} that are "
-                             f"not, e.g. {y[fractional][0].item()!r}")
+            raise ValueError(
+                f"bnn: categorical labels `y` must be integers; found {int(fractional.sum())} that are "
+                f"not, e.g. {y[fractional][0].item()!r}"
+            )
         if y.min() < 0 or y.max() >= k:
-            raise ValueError(f"bnn: categorical labels `y` must be integers in [0, {k}) (the network has {k} "
-                             f"outputs); found values in [{y.min()}, {y.max()}]")
+            raise ValueError(
+                f"bnn: categorical labels `y` must be integers in [0, {k}) (the network has {k} "
+                f"outputs); found values in [{y.min()}, {y.max()}]"
+            )
 
 
 def make_likelihood(name: str | Any, noise: float | None = None):
@@ -203,8 +215,10 @@ def make_likelihood(name: str | Any, noise: float | None = None):
             check_positive("bnn", noise=noise)
         return Gaussian(None if noise is None else float(noise))
     if noise is not None:
-        raise ValueError(f"bnn: `noise` is the Gaussian likelihood's standard deviation; a {name!r} likelihood "
-                         "has none (leave it out)")
+        raise ValueError(
+            f"bnn: `noise` is the Gaussian likelihood's standard deviation; a {name!r} likelihood "
+            "has none (leave it out)"
+        )
     if name == "heteroscedastic":
         return HeteroscedasticGaussian()
     if name == "bernoulli":
@@ -270,7 +284,7 @@ class BNN:
     def split(self, theta):
         """``theta (dim,) -> (weights, likelihood extras, prior extras)``."""
         nw, nl = self.n_weights, self.likelihood.n_extra
-        return theta[:nw], theta[nw:nw + nl], theta[nw + nl:]
+        return theta[:nw], theta[nw : nw + nl], theta[nw + nl :]
 
     def init_theta(self) -> Array:
         """The network's initial weights, extras at their hyper-prior's centre."""
@@ -298,8 +312,9 @@ class BNN:
             seg = jnp.asarray(self.segments)
             sq = jax.ops.segment_sum(w**2, seg, num_segments=self.n_layers)
             counts = jnp.asarray(np.bincount(self.segments, minlength=self.n_layers), w.dtype)
-            lw = jnp.sum(0.5 * counts * prior_extra - 0.5 * jnp.exp(prior_extra) * sq) \
-                - 0.5 * self.n_weights * math.log(2 * math.pi)
+            lw = jnp.sum(
+                0.5 * counts * prior_extra - 0.5 * jnp.exp(prior_extra) * sq
+            ) - 0.5 * self.n_weights * math.log(2 * math.pi)
             lw = lw + jnp.sum(_gamma_log_prior_of_log(prior_extra, *p.precision_prior))
         else:
             lw = -0.5 * jnp.sum(w**2) / p.scale**2 - self.n_weights * (math.log(p.scale) + 0.5 * math.log(2 * math.pi))
@@ -338,8 +353,9 @@ class BNN:
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1 and not (isinstance(self.likelihood, Bernoulli) and y.ndim > 1):
-            raise ValueError(f"bnn: `y` must have shape (N,), got {y.shape} (only a Bernoulli likelihood takes "
-                             "y (N, *event))")
+            raise ValueError(
+                f"bnn: `y` must have shape (N,), got {y.shape} (only a Bernoulli likelihood takes y (N, *event))"
+            )
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"bnn: `x` and `y` must have the same length, got {x.shape[0]} and {y.shape[0]}")
         for name, a in (("x", x), ("y", y)):
@@ -349,13 +365,18 @@ class BNN:
                 raise ValueError(f"bnn: `{name}` holds {int(np.sum(~np.isfinite(a)))} non-finite value(s) (NaN or inf)")
         shape = (3, *x.shape[1:])  # a batch of 3: an `apply` that mixes or drops the batch axis shows
         try:
-            out = jax.eval_shape(self.forward, jax.ShapeDtypeStruct((self.n_weights,), jnp.float32),
-                                 jax.ShapeDtypeStruct(shape, jnp.float32))
+            out = jax.eval_shape(
+                self.forward,
+                jax.ShapeDtypeStruct((self.n_weights,), jnp.float32),
+                jax.ShapeDtypeStruct(shape, jnp.float32),
+            )
         except Exception as e:  # noqa: BLE001  (re-raised with context)
             raise ValueError(f"bnn: the network failed on inputs of shape {shape}: {e}") from e
         if out.ndim < 1 or out.shape[0] != 3:
-            raise ValueError(f"bnn: the network maps a batch of shape {shape} to outputs of shape {out.shape}; it must "
-                             "keep the batch axis first (one output per example)")
+            raise ValueError(
+                f"bnn: the network maps a batch of shape {shape} to outputs of shape {out.shape}; it must "
+                "keep the batch axis first (one output per example)"
+            )
         self.likelihood.check(tuple(out.shape[1:]), y)
         y = y.astype(np.int32) if isinstance(self.likelihood, Categorical) else y.astype(np.float32)
         return x.astype(np.float32), y
@@ -383,8 +404,15 @@ def _leaf_names(tree) -> list[str]:
     return [jax.tree_util.keystr(p) or "params" for p, _ in paths]
 
 
-def model(network, likelihood: str | Any = "gaussian", prior: float | GaussianPrior = 1.0, *,
-          params=None, batched: bool | None = None, noise: float | None = None) -> BNN:
+def model(
+    network,
+    likelihood: str | Any = "gaussian",
+    prior: float | GaussianPrior = 1.0,
+    *,
+    params=None,
+    batched: bool | None = None,
+    noise: float | None = None,
+) -> BNN:
     """Turn a network into a Bayesian model over its flattened weights.
 
     Args:
@@ -420,8 +448,9 @@ def model(network, likelihood: str | Any = "gaussian", prior: float | GaussianPr
         call = lambda p, x: network(eqx.combine(p, static), x)  # noqa: E731
         batched = True if batched is None else batched
     else:
-        raise TypeError("bnn: `network` must be an Equinox module or an apply(params, x) function, "
-                        f"got {type(network).__name__}")
+        raise TypeError(
+            f"bnn: `network` must be an Equinox module or an apply(params, x) function, got {type(network).__name__}"
+        )
     leaves = jax.tree.leaves(tree)
     if not leaves:
         raise ValueError("bnn: the network has no inexact (floating-point) parameter arrays")

@@ -29,16 +29,20 @@ def _thetas(model: BNN, thetas) -> jax.Array:
     thetas = jnp.asarray(thetas)
     thetas = thetas[None] if thetas.ndim == 1 else thetas
     if thetas.ndim != 2 or thetas.shape[1] != model.dim:
-        raise ValueError(f"bnn.predict: `thetas` must be weight samples of shape (S, {model.dim}) (the model's "
-                         f"theta: weights and likelihood/prior parameters, as result.sample gives), got {thetas.shape}")
+        raise ValueError(
+            f"bnn.predict: `thetas` must be weight samples of shape (S, {model.dim}) (the model's "
+            f"theta: weights and likelihood/prior parameters, as result.sample gives), got {thetas.shape}"
+        )
     return thetas
 
 
 def _scalar(name: str, value, positive: bool = False) -> float:
     v = np.asarray(value, dtype=np.float64)
     if v.size != 1 or not np.isfinite(v).all() or (positive and not v.item() > 0):
-        raise ValueError(f"bnn.predict: `{name}` must be one finite{' positive' if positive else ''} number "
-                         f"(the training targets' {'scale' if positive else 'offset'}), got {value!r}")
+        raise ValueError(
+            f"bnn.predict: `{name}` must be one finite{' positive' if positive else ''} number "
+            f"(the training targets' {'scale' if positive else 'offset'}), got {value!r}"
+        )
     return float(v.item())
 
 
@@ -47,8 +51,9 @@ def regression(model: BNN, thetas, x, y=None, y_mean: float = 0.0, y_std: float 
     and ``log_lik`` (B,), in original units. ``x, y`` are checked as :meth:`BNN.check_data`
     checks training data (``y`` in original units)."""
     if not hasattr(model.likelihood, "mean_and_var"):
-        raise ValueError("bnn.predict.regression: the model's likelihood is not Gaussian (\"gaussian\" or "
-                         "\"heteroscedastic\")")
+        raise ValueError(
+            'bnn.predict.regression: the model\'s likelihood is not Gaussian ("gaussian" or "heteroscedastic")'
+        )
     thetas = _thetas(model, thetas)
     y_mean, y_std = _scalar("y_mean", y_mean), _scalar("y_std", y_std, positive=True)
     if y is not None:
@@ -106,8 +111,10 @@ def reliability(probs, y, bins: int = 10):
     """Per confidence bin: mean confidence, accuracy, count (empty bins: NaN, NaN, 0)."""
     probs, y = np.asarray(probs), np.asarray(y).reshape(-1).astype(int)
     if probs.ndim != 2 or probs.shape[0] != y.shape[0]:
-        raise ValueError(f"bnn.predict: `probs` must be class probabilities of shape (n, K) for n = {y.shape[0]} "
-                         f"labels, got {probs.shape}")
+        raise ValueError(
+            f"bnn.predict: `probs` must be class probabilities of shape (n, K) for n = {y.shape[0]} "
+            f"labels, got {probs.shape}"
+        )
     conf = probs.max(-1)
     correct = probs.argmax(-1) == y
     which = np.minimum((conf * bins).astype(int), bins - 1)
@@ -145,8 +152,13 @@ def reliability_plot(probs, y, path, bins: int = 10, title: str = "reliability")
     centres = (np.arange(bins) + 0.5) / bins
     ax.bar(centres[ok], acc[ok], width=1 / bins, edgecolor="k", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.set(xlabel="confidence", ylabel="accuracy", title=f"{title} (ECE {ece(probs, y, bins):.3f})", xlim=(0, 1),
-           ylim=(0, 1))
+    ax.set(
+        xlabel="confidence",
+        ylabel="accuracy",
+        title=f"{title} (ECE {ece(probs, y, bins):.3f})",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -81,16 +81,33 @@ class BNNResult:
         (family, options, epochs, message) and ``trace.npz``; read back by :func:`load` with
         the same model. (No netCDF of draws: a posterior over 10^5-10^6 weights is cheaper
         to re-sample from ``q`` than to store.)"""
-        options = checkpoint.json_or_none({k: np.asarray(v).tolist() if isinstance(v, (np.ndarray, jax.Array))
-                                           else v for k, v in self.family_options.items()})
+        options = checkpoint.json_or_none(
+            {
+                k: np.asarray(v).tolist() if isinstance(v, (np.ndarray, jax.Array)) else v
+                for k, v in self.family_options.items()
+            }
+        )
         if options is None:
-            raise ValueError("BNNResult.save: `family_options` cannot be written as JSON; save `q` with "
-                             "equinox.tree_serialise_leaves instead")
+            raise ValueError(
+                "BNNResult.save: `family_options` cannot be written as JSON; save `q` with "
+                "equinox.tree_serialise_leaves instead"
+            )
         with checkpoint.folder(path, "BNNResult.save") as tmp:
-            save_flow(tmp, self.q, self.trace, {
-                "family": self.family, "family_options": options, "dim": self.model.dim, "epochs": self.epochs,
-                "message": self.message, "status": str(self.status), "seconds": self.seconds,
-                "members": self.members})
+            save_flow(
+                tmp,
+                self.q,
+                self.trace,
+                {
+                    "family": self.family,
+                    "family_options": options,
+                    "dim": self.model.dim,
+                    "epochs": self.epochs,
+                    "message": self.message,
+                    "status": str(self.status),
+                    "seconds": self.seconds,
+                    "members": self.members,
+                },
+            )
         return pathlib.Path(path)
 
     @property
@@ -101,8 +118,16 @@ class BNNResult:
     def fit_result(self, x, y):
         """A :class:`flowpost.vi.FitResult` over the full-batch target (for diagnostics,
         PSIS, ArviZ); ``x, y`` the training data."""
-        return FitResult(q=self.q, target=self.model.target(x, y), trace=self.trace, steps=self.epochs,
-                         message=self.message, seconds=self.seconds, family=self.family, status=self.status)
+        return FitResult(
+            q=self.q,
+            target=self.model.target(x, y),
+            trace=self.trace,
+            steps=self.epochs,
+            message=self.message,
+            seconds=self.seconds,
+            family=self.family,
+            status=self.status,
+        )
 
 
 def load(path, model: BNN, like=None) -> BNNResult:
@@ -122,8 +147,17 @@ def load(path, model: BNN, like=None) -> BNNResult:
         members = meta.get("members", 1)
         like = F.Mixture([like] * members) if members > 1 else like
     q, trace = read_flow(path, meta, like, "bnn.load")
-    return BNNResult(q, model, trace, meta["epochs"], meta["message"], meta["seconds"], meta["family"],
-                     family_options=meta["family_options"], status=status_of(meta))
+    return BNNResult(
+        q,
+        model,
+        trace,
+        meta["epochs"],
+        meta["message"],
+        meta["seconds"],
+        meta["family"],
+        family_options=meta["family_options"],
+        status=status_of(meta),
+    )
 
 
 def fit(model: BNN, x, y, family="meanfield", **kwargs) -> BNNResult:
@@ -135,15 +169,31 @@ def fit(model: BNN, x, y, family="meanfield", **kwargs) -> BNNResult:
     return fit_many(model, x[None], y[None], family, **kwargs)[0]
 
 
-def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch_size: int = 32,
-             num_samples: int = 4, learning_rate: float = 1e-3, optimizer: optax.GradientTransformation | None = None,
-             key=None, family_options: dict | None = None, chunk: int | None = None, progress: bool = True,
-             label: str = "bnn", members: int = 1, devices: int | None = None) -> list[BNNResult]:
+def fit_many(
+    model: BNN,
+    xs,
+    ys,
+    family="meanfield",
+    *,
+    epochs: int = 100,
+    batch_size: int = 32,
+    num_samples: int = 4,
+    learning_rate: float = 1e-3,
+    optimizer: optax.GradientTransformation | None = None,
+    key=None,
+    family_options: dict | None = None,
+    chunk: int | None = None,
+    progress: bool = True,
+    label: str = "bnn",
+    members: int = 1,
+    devices: int | None = None,
+) -> list[BNNResult]:
     """Fit independent posteriors to ``P`` data sets of equal shape in one compiled program.
 
     Args:
         model: the Bayesian network.
-        xs, ys: ``(P, N, *in)`` and ``(P, N)`` (or ``(P, N, *event)``; e.g. the train parts of the UCI splits).
+        xs: ``(P, N, *in)`` inputs of ``P`` data sets (e.g. the train parts of the UCI splits).
+        ys: ``(P, N)`` (or ``(P, N, *event)``) targets.
         family: a name of :data:`families.FAMILIES` or a :class:`flowpost.flows.Flow`.
         epochs: passes over the data; ``batch_size``: examples per step (``N`` if larger).
         num_samples: weight draws per step (the ELBO's Monte Carlo size).
@@ -168,9 +218,26 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     key = _as_key(key)
     check_ints("bnn.fit", epochs=epochs, batch_size=batch_size, num_samples=num_samples, members=members)
     if members > 1:
-        return _ensemble(model, xs, ys, family, members, key, label, dict(
-            epochs=epochs, batch_size=batch_size, num_samples=num_samples, learning_rate=learning_rate,
-            optimizer=optimizer, family_options=family_options, chunk=chunk, progress=progress, devices=devices))
+        return _ensemble(
+            model,
+            xs,
+            ys,
+            family,
+            members,
+            key,
+            label,
+            dict(
+                epochs=epochs,
+                batch_size=batch_size,
+                num_samples=num_samples,
+                learning_rate=learning_rate,
+                optimizer=optimizer,
+                family_options=family_options,
+                chunk=chunk,
+                progress=progress,
+                devices=devices,
+            ),
+        )
     if optimizer is None:
         check_positive("bnn.fit", learning_rate=learning_rate)
     xs, ys = np.asarray(xs), np.asarray(ys)
@@ -201,13 +268,22 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
 
     keys = jax.vmap(lambda p: jax.random.fold_in(k_run, p))(jnp.arange(n_sets))
     states = jax.vmap(lambda k: engine.init(params, optimizer, k))(keys)
-    chunks = engine.runner(engine.vmapped(lambda step: engine.epoch_chunks(step, batch)),
-                           engine.make_step(loss_fn, optimizer))
+    chunks = engine.runner(
+        engine.vmapped(lambda step: engine.epoch_chunks(step, batch)), engine.make_step(loss_fn, optimizer)
+    )
     label = f"fit {label} ({family if isinstance(family, str) else 'custom'}, {n_sets} set(s))"
     with ProgressBar(epochs, label, {"elbo": "ELBO"}, enabled=progress) as bar:
-        out = engine.run(chunks, states, epochs, data=(xs, ys), chunk=chunk or max(1, epochs // 50), progress=bar,
-                         show=lambda info: {"elbo": f"{float(np.mean(info.aux[:, -1])):.4g}"}, sets=True,
-                         mesh=mesh)
+        out = engine.run(
+            chunks,
+            states,
+            epochs,
+            data=(xs, ys),
+            chunk=chunk or max(1, epochs // 50),
+            progress=bar,
+            show=lambda info: {"elbo": f"{float(np.mean(info.aux[:, -1])):.4g}"},
+            sets=True,
+            mesh=mesh,
+        )
     trace = Trace.of(out.info) if out.info is not None else Trace(*(np.zeros((n_sets, 0)) for _ in Trace._fields))
     message = "completed"
     if out.status == Status.INTERRUPTED:
@@ -217,13 +293,26 @@ def fit_many(model: BNN, xs, ys, family="meanfield", *, epochs: int = 100, batch
     for p in range(n_sets):
         msg, status = message, out.status if out.status == Status.INTERRUPTED else Status.COMPLETED
         if out.failed[p] is not None:
-            msg = (f"stopped: the loss, its gradient or the update was not finite at step {out.failed[p]}; kept the "
-                   "state of the last finite step")
+            msg = (
+                f"stopped: the loss, its gradient or the update was not finite at step {out.failed[p]}; kept the "
+                "state of the last finite step"
+            )
             status = Status.NONFINITE
             warnings.warn(f"bnn.fit: data set {p}: {msg}", RuntimeWarning, stacklevel=2)
-        results.append(BNNResult(build(out.state.params[p]), model, Trace(*(a[p] for a in trace)), out.done, msg,
-                                 out.seconds, family if isinstance(family, str) else "custom", out.timings,
-                                 dict(family_options or {}), status))
+        results.append(
+            BNNResult(
+                build(out.state.params[p]),
+                model,
+                Trace(*(a[p] for a in trace)),
+                out.done,
+                msg,
+                out.seconds,
+                family if isinstance(family, str) else "custom",
+                out.timings,
+                dict(family_options or {}),
+                status,
+            )
+        )
     return results
 
 
@@ -251,10 +340,22 @@ def _combine(model: BNN, parts: list[BNNResult]) -> BNNResult:
     n = min(len(p.trace.loss) for p in parts)
     trace = Trace(*(np.mean([getattr(p.trace, f)[:n] for p in parts], axis=0) for f in Trace._fields))
     messages = [p.message for p in parts]
-    message = messages[0] if len(set(messages)) == 1 else "; ".join(f"member {m + 1}: {msg}"
-                                                                     for m, msg in enumerate(messages))
+    message = (
+        messages[0]
+        if len(set(messages)) == 1
+        else "; ".join(f"member {m + 1}: {msg}" for m, msg in enumerate(messages))
+    )
     statuses = [p.status for p in parts]
     status = next((s for s in (Status.INTERRUPTED, Status.NONFINITE) if s in statuses), statuses[0])
-    return BNNResult(F.Mixture([p.q for p in parts]), model, trace, min(p.epochs for p in parts), message,
-                     sum(p.seconds for p in parts), parts[0].family, [t for p in parts for t in p.timings],
-                     parts[0].family_options, status)
+    return BNNResult(
+        F.Mixture([p.q for p in parts]),
+        model,
+        trace,
+        min(p.epochs for p in parts),
+        message,
+        sum(p.seconds for p in parts),
+        parts[0].family,
+        [t for p in parts for t in p.timings],
+        parts[0].family_options,
+        status,
+    )

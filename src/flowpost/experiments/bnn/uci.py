@@ -23,11 +23,24 @@ import numpy as np
 
 from ... import data
 
-REGRESSION = ("bostonHousing", "concrete", "energy", "kin8nm", "naval-propulsion-plant", "power-plant",
-              "protein-tertiary-structure", "wine-quality-red", "yacht")
+REGRESSION = (
+    "bostonHousing",
+    "concrete",
+    "energy",
+    "kin8nm",
+    "naval-propulsion-plant",
+    "power-plant",
+    "protein-tertiary-structure",
+    "wine-quality-red",
+    "yacht",
+)
 CLASSIFICATION = ("german", "ionosphere", "sonar", "australian")
-_CLASS_FILES = {"german": "german.data-numeric", "ionosphere": "ionosphere.data", "sonar": "sonar.all-data",
-                "australian": "australian.dat"}
+_CLASS_FILES = {
+    "german": "german.data-numeric",
+    "ionosphere": "ionosphere.data",
+    "sonar": "sonar.all-data",
+    "australian": "australian.dat",
+}
 
 
 class Split(NamedTuple):
@@ -102,8 +115,14 @@ def _standardise(x, y, train, test, regression):
         return Split(xtr.astype(np.float32), y[train], xte.astype(np.float32), y[test], 0.0, 1.0)
     ym, ys = float(y[train].mean()), float(y[train].std())
     ys = ys if ys > 0 else 1.0
-    return Split(xtr.astype(np.float32), ((y[train] - ym) / ys).astype(np.float32), xte.astype(np.float32),
-                 y[test].astype(np.float32), ym, ys)
+    return Split(
+        xtr.astype(np.float32),
+        ((y[train] - ym) / ys).astype(np.float32),
+        xte.astype(np.float32),
+        y[test].astype(np.float32),
+        ym,
+        ys,
+    )
 
 
 def load(name: str, split: int = 0) -> Split:

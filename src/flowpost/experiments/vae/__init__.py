@@ -21,7 +21,29 @@ from .posterior import FLOWS, Posterior, make_flow
 from .runs import TrainConfig, evaluate_run, load
 from .train import TrainResult, beta_schedule, train
 
-__all__ = ["data", "evaluate", "likelihoods", "nets", "objectives", "plots", "ImageData", "binarized_mnist",
-           "frey_faces", "load_data", "log_likelihood", "ARCHS", "VAE", "VAEConfig", "make_vae", "FLOWS",
-           "Posterior", "make_flow", "TrainConfig", "evaluate_run", "load", "TrainResult", "beta_schedule",
-           "train"]
+__all__ = [
+    "data",
+    "evaluate",
+    "likelihoods",
+    "nets",
+    "objectives",
+    "plots",
+    "ImageData",
+    "binarized_mnist",
+    "frey_faces",
+    "load_data",
+    "log_likelihood",
+    "ARCHS",
+    "VAE",
+    "VAEConfig",
+    "make_vae",
+    "FLOWS",
+    "Posterior",
+    "make_flow",
+    "TrainConfig",
+    "evaluate_run",
+    "load",
+    "TrainResult",
+    "beta_schedule",
+    "train",
+]

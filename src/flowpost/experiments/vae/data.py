@@ -49,9 +49,11 @@ def check_binary(x, name: str = "x") -> None:
     bad = ~((x == 0) | (x == 1))
     if bad.any():
         vals = np.unique(x[bad])[:5]
-        raise ValueError(f"`{name}`: a Bernoulli decoder needs images with values in {{0, 1}}, found "
-                         f"{int(bad.sum())} other value(s), e.g. {vals.tolist()}. Binarize the images "
-                         "(static binarized MNIST is already binary) or use a grey-level decoder.")
+        raise ValueError(
+            f"`{name}`: a Bernoulli decoder needs images with values in {{0, 1}}, found "
+            f"{int(bad.sum())} other value(s), e.g. {vals.tolist()}. Binarize the images "
+            "(static binarized MNIST is already binary) or use a grey-level decoder."
+        )
 
 
 def _read_npz(file, keys):
@@ -62,8 +64,10 @@ def _read_npz(file, keys):
                 raise ValueError(f"{file}: expected arrays {list(keys)}, missing {missing} (found {d.files})")
             return {k: np.asarray(d[k]) for k in keys}
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
-        raise ValueError(f"{file}: not a readable npz file ({type(e).__name__}: {e}); the file is "
-                         "truncated or corrupt. Delete it and fetch it again.") from e
+        raise ValueError(
+            f"{file}: not a readable npz file ({type(e).__name__}: {e}); the file is "
+            "truncated or corrupt. Delete it and fetch it again."
+        ) from e
 
 
 def _locate(relpath, file):
@@ -91,7 +95,7 @@ def frey_faces(file=None, seed: int = 0, n_valid: int = 200, n_test: int = 200) 
         raise ValueError(f"{file}: `faces` must be uint8 of shape (n, 560), got {faces.dtype} {faces.shape}")
     perm = np.random.RandomState(seed).permutation(len(faces))
     x = faces[perm].astype(np.float32) / 255.0
-    test, valid, train = x[:n_test], x[n_test:n_test + n_valid], x[n_test + n_valid:]
+    test, valid, train = x[:n_test], x[n_test : n_test + n_valid], x[n_test + n_valid :]
     return ImageData("freyfaces", train, valid, test, (28, 20), binary=False)
 
 
@@ -113,6 +117,7 @@ def load(name: str, *, file=None, limit: int | None = None) -> ImageData:
         check_ints(limit=limit)
     d = binarized_mnist(file) if name == "mnist" else frey_faces(file)
     if limit is not None:
-        d = dataclasses.replace(d, train=subset(d.train, limit), valid=subset(d.valid, limit),
-                                test=subset(d.test, limit))
+        d = dataclasses.replace(
+            d, train=subset(d.train, limit), valid=subset(d.valid, limit), test=subset(d.test, limit)
+        )
     return d

@@ -55,8 +55,9 @@ def _log_p_hat(model, xb, key, samples, chunk):
     return acc - math.log(samples)
 
 
-def log_likelihood(model, x, key, samples: int = 5000, chunk: int = 500, batch: int = 100,
-                   progress: bool = False) -> np.ndarray:
+def log_likelihood(
+    model, x, key, samples: int = 5000, chunk: int = 500, batch: int = 100, progress: bool = False
+) -> np.ndarray:
     """``log p-hat(x)`` per image, ``x (n, D) -> (n,)``, with ``samples`` importance draws
     each, ``chunk`` at a time (``chunk`` is lowered to a divisor of ``samples``)."""
     check_ints(samples=samples, chunk=chunk, batch=batch)
@@ -96,5 +97,9 @@ def evaluate(model, x, key, samples: int = 5000, chunk: int = 500, progress: boo
     k1, k2 = jax.random.split(key)
     e = elbo(model, x, k1)
     ll = log_likelihood(model, x, k2, samples=samples, chunk=chunk, progress=progress)
-    return {"neg_elbo": float(-np.mean(e)), "nll": float(-np.mean(ll)), "n_images": int(len(e)),
-            "samples": int(samples)}
+    return {
+        "neg_elbo": float(-np.mean(e)),
+        "nll": float(-np.mean(ll)),
+        "n_images": int(len(e)),
+        "samples": int(samples),
+    }

@@ -89,8 +89,10 @@ class DiscretizedLogistic:
             raise ValueError(f"`{name}`: images hold {int(np.sum(~np.isfinite(x)))} non-finite value(s)")
         k = x * (self.levels - 1)
         if np.any((x < 0) | (x > 1)) or np.any(np.abs(k - np.round(k)) > 1e-3):
-            raise ValueError(f"`{name}`: a discretised-logistic decoder needs grey levels k/{self.levels - 1} "
-                             f"in [0, 1] (k integer), got values in [{x.min()}, {x.max()}] not on that grid")
+            raise ValueError(
+                f"`{name}`: a discretised-logistic decoder needs grey levels k/{self.levels - 1} "
+                f"in [0, 1] (k integer), got values in [{x.min()}, {x.max()}] not on that grid"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,13 +96,17 @@ class VAEConfig:
             raise ValueError(f"`image_shape` must be (height, width), got {self.image_shape!r}")
         check_ints(height=self.image_shape[0], width=self.image_shape[1])
         if self.arch == "mlp" and not tuple(self.hidden):
-            raise ValueError("`hidden` must give at least one hidden-layer width for arch='mlp' (e.g. (300, 300)), "
-                             "got ()")
+            raise ValueError(
+                "`hidden` must give at least one hidden-layer width for arch='mlp' (e.g. (300, 300)), got ()"
+            )
         check_ints(**{f"hidden[{i}]": h for i, h in enumerate(self.hidden)})
         object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
         object.__setattr__(self, "hidden", tuple(int(s) for s in self.hidden))
-        object.__setattr__(self, "flow_options", tuple(sorted(
-            (k, tuple(v) if isinstance(v, list) else v) for k, v in dict(self.flow_options).items())))
+        object.__setattr__(
+            self,
+            "flow_options",
+            tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(self.flow_options).items())),
+        )
 
     def to_dict(self) -> dict:
         """The configuration as plain JSON-able data (saved in checkpoints)."""

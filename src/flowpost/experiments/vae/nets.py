@@ -80,8 +80,9 @@ class GatedConv(eqx.Module):
 
     def __init__(self, key, c_in, c_out, kernel, stride=1, padding=0, output_padding=0, transpose=False):
         if transpose:
-            self.conv = eqx.nn.ConvTranspose2d(c_in, 2 * c_out, kernel, stride=stride, padding=padding,
-                                               output_padding=output_padding, key=key)
+            self.conv = eqx.nn.ConvTranspose2d(
+                c_in, 2 * c_out, kernel, stride=stride, padding=padding, output_padding=output_padding, key=key
+            )
         else:
             self.conv = eqx.nn.Conv2d(c_in, 2 * c_out, kernel, stride=stride, padding=padding, key=key)
 

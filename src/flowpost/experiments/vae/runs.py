@@ -91,8 +91,10 @@ def read_meta(path) -> dict:
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a flowpost VAE checkpoint ({e})") from e
     if meta.get("kind") != KIND and meta.get("format") != "flowpost-vae/1":
-        raise ValueError(f"{path}: not a flowpost VAE checkpoint (format {meta.get('format')!r}, kind "
-                         f"{meta.get('kind')!r}; expected kind {KIND!r})")
+        raise ValueError(
+            f"{path}: not a flowpost VAE checkpoint (format {meta.get('format')!r}, kind "
+            f"{meta.get('kind')!r}; expected kind {KIND!r})"
+        )
     return meta
 
 
@@ -101,8 +103,11 @@ def check_architecture(path, meta: dict, config: TrainConfig) -> None:
     set or training setting (objective, k, batch size, warm-up, seed, limit): resuming may
     change only the budget (``epochs``, ``patience``) and the ``learning_rate``."""
     saved = TrainConfig.from_dict(meta["config"])
-    diff = {f.name: (getattr(saved.model, f.name), getattr(config.model, f.name))
-            for f in dataclasses.fields(VAEConfig) if getattr(saved.model, f.name) != getattr(config.model, f.name)}
+    diff = {
+        f.name: (getattr(saved.model, f.name), getattr(config.model, f.name))
+        for f in dataclasses.fields(VAEConfig)
+        if getattr(saved.model, f.name) != getattr(config.model, f.name)
+    }
     # a resumed run may change its budget (epochs, patience) and its step size (the usual
     # rescue of a run that diverged); anything else would make it another run than the one
     # it continues
@@ -112,9 +117,11 @@ def check_architecture(path, meta: dict, config: TrainConfig) -> None:
             diff[f.name] = (getattr(saved, f.name), getattr(config, f.name))
     if diff:
         what = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"{path}: the checkpoint is of another run ({what}); a resumed run may change only "
-                         "`epochs`, `patience` and `learning_rate`. Use another --out folder, or the run's own "
-                         "settings to resume it.")
+        raise ValueError(
+            f"{path}: the checkpoint is of another run ({what}); a resumed run may change only "
+            "`epochs`, `patience` and `learning_rate`. Use another --out folder, or the run's own "
+            "settings to resume it."
+        )
 
 
 def read(path, like):
@@ -133,24 +140,36 @@ def load(run):
     return read(path, make_vae(config.model, jax.random.key(0))), config, meta
 
 
-def evaluate_run(run, samples: int = 5000, key=None, limit: int | None = None, progress: bool = False,
-                 data: vdata.ImageData | None = None) -> dict:
+def evaluate_run(
+    run,
+    samples: int = 5000,
+    key=None,
+    limit: int | None = None,
+    progress: bool = False,
+    data: vdata.ImageData | None = None,
+) -> dict:
     """Test ``neg_elbo`` and ``nll`` (nats per image) of a run's best model; writes
     ``run/eval.json`` and returns its content. A run trained on the user's own images
     (``train(..., data=...)``) needs the same ``data`` (its test split is scored)."""
     run = pathlib.Path(run)
     model, config, meta = load(run)
     if meta.get("own_data") and data is None:
-        raise ValueError(f"{run} was trained on your own images (train(..., data=...)), not on the "
-                         f"{config.dataset!r} files: pass the same `data=` to evaluate it")
+        raise ValueError(
+            f"{run} was trained on your own images (train(..., data=...)), not on the "
+            f"{config.dataset!r} files: pass the same `data=` to evaluate it"
+        )
     d = data if data is not None else vdata.load(config.dataset, limit=config.limit)
     if limit is not None:
         check_ints("vae eval", limit=limit)
     x = vdata.subset(d.test, limit)
     key = jax.random.key(config.seed + 1) if key is None else key
     result = evaluate.evaluate(model, x, key, samples=samples, progress=progress)
-    result.update(flow=config.model.flow, arch=config.model.arch,
-                  dataset="own data" if data is not None else config.dataset,
-                  epoch=meta.get("epoch"), split="test")
+    result.update(
+        flow=config.model.flow,
+        arch=config.model.arch,
+        dataset="own data" if data is not None else config.dataset,
+        epoch=meta.get("epoch"),
+        split="test",
+    )
     write_json(run / "eval.json", result)
     return result

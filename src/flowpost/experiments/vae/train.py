@@ -46,6 +46,8 @@ class TrainState(NamedTuple):
 
 @dataclasses.dataclass
 class TrainResult:
+    """What :func:`train` returns: the best model, the history, how the run ended."""
+
     model: Any  # the best model (by validation -ELBO)
     config: TrainConfig
     history: list[dict]
@@ -68,12 +70,25 @@ class TrainResult:
 def beta_schedule(epoch, warmup: int):
     """KL weight of (0-based) ``epoch``: ``min(1, (epoch + 1) / warmup)``; 1 without warm-up.
     (Works on Python numbers and on traced JAX integers alike.)"""
-    return 1.0 if warmup <= 0 else jnp.minimum(1.0, (epoch + 1) / warmup) if isinstance(epoch, jax.Array) \
+    return (
+        1.0
+        if warmup <= 0
+        else jnp.minimum(1.0, (epoch + 1) / warmup)
+        if isinstance(epoch, jax.Array)
         else min(1.0, (epoch + 1) / warmup)
+    )
 
 
-def epoch_runner(static, objective: str, k: int, batch_size: int, n_train: int, warmup: int,
-                 optimizer: optax.GradientTransformation, mesh=None):
+def epoch_runner(
+    static,
+    objective: str,
+    k: int,
+    batch_size: int,
+    n_train: int,
+    warmup: int,
+    optimizer: optax.GradientTransformation,
+    mesh=None,
+):
     """The engine's ``(plain, guarded)`` chunk functions for one epoch of the VAE: its loss
     is the negative ELBO (KL weight :func:`beta_schedule` of the epoch, derived from the
     step count) or the negative IWAE bound with ``k`` samples. ``static`` is the model's
@@ -94,23 +109,33 @@ def epoch_runner(static, objective: str, k: int, batch_size: int, n_train: int, 
 
 def _check_data(config: TrainConfig, d: vdata.ImageData):
     if tuple(d.image_shape) != config.model.image_shape:
-        raise ValueError(f"`config.model.image_shape` is {config.model.image_shape} but the {d.name} images are "
-                         f"{d.image_shape}")
+        raise ValueError(
+            f"`config.model.image_shape` is {config.model.image_shape} but the {d.name} images are {d.image_shape}"
+        )
     dim = config.model.image_shape[0] * config.model.image_shape[1]
     for split in ("train", "valid", "test"):
         x = np.asarray(getattr(d, split))
         if x.ndim != 2 or x.shape[1] != dim or len(x) == 0:
-            raise ValueError(f"`data.{split}` must hold at least one image as a row of {dim} values "
-                             f"(image_shape {config.model.image_shape}, flattened), got an array of shape {x.shape}")
+            raise ValueError(
+                f"`data.{split}` must hold at least one image as a row of {dim} values "
+                f"(image_shape {config.model.image_shape}, flattened), got an array of shape {x.shape}"
+            )
     for split in ("train", "valid"):
         likelihoods.get(config.model.likelihood).check(getattr(d, split), f"data.{split}")
     if len(d.train) < config.batch_size:
         raise ValueError(f"`batch_size` ({config.batch_size}) exceeds the number of training images ({len(d.train)})")
 
 
-def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None, progress: bool = True,
-          plots_at_end: bool = True, optimizer: optax.GradientTransformation | None = None,
-          devices: int | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    out=None,
+    *,
+    data: vdata.ImageData | None = None,
+    progress: bool = True,
+    plots_at_end: bool = True,
+    optimizer: optax.GradientTransformation | None = None,
+    devices: int | None = None,
+) -> TrainResult:
     """Train the VAE of ``config`` (resuming from ``out/checkpoint.eqx`` if there is one).
 
     Args:
@@ -140,8 +165,10 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         meta = runs.read_meta(ckpt)
         runs.check_architecture(ckpt, meta, config)
         if meta.get("own_data") and data is None:
-            raise ValueError(f"{ckpt}: the run was trained on your own images (train(..., data=...)); resume it "
-                             f"with the same `data=`, not the {config.dataset!r} files")
+            raise ValueError(
+                f"{ckpt}: the run was trained on your own images (train(..., data=...)); resume it "
+                f"with the same `data=`, not the {config.dataset!r} files"
+            )
     d = data if data is not None else vdata.load(config.dataset, limit=config.limit)
     _check_data(config, d)
 
@@ -159,7 +186,7 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         since_best, history = meta["since_best"], meta["history"]
         for h in history:
             h["this_call"] = False
-        if (out / runs.BEST).exists():
+        if out is not None and (out / runs.BEST).exists():
             best_params = eqx.filter(runs.read(out / runs.BEST, model), eqx.is_inexact_array)
 
     x_train = jnp.asarray(d.train, jnp.float32)
@@ -168,15 +195,27 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
     mesh = engine.devices.mesh(devices, "vae.train")
     writer = out is not None and engine.devices.is_writer()  # one process writes the run's files
     engine.devices.check_divisible(mesh, config.batch_size, "`batch_size`", "vae.train")
-    chunks = epoch_runner(static, config.objective, config.k, config.batch_size, len(x_train), config.warmup,
-                          optimizer, mesh)
-    state = engine.TrainState(saved.params, saved.opt_state, jax.random.wrap_key_data(saved.key),
-                              jnp.asarray(start * n_batches, jnp.int32), jnp.full((), -1, jnp.int32))
+    chunks = epoch_runner(
+        static, config.objective, config.k, config.batch_size, len(x_train), config.warmup, optimizer, mesh
+    )
+    state = engine.TrainState(
+        saved.params,
+        saved.opt_state,
+        jax.random.wrap_key_data(saved.key),
+        jnp.asarray(start * n_batches, jnp.int32),
+        jnp.full((), -1, jnp.int32),
+    )
 
     def record(epoch):
-        return {"config": config.to_dict(), "own_data": data is not None, "epoch": epoch, "best_valid": best_valid,
-                "best_epoch": best_epoch, "since_best": since_best,
-                "history": [{k: v for k, v in h.items() if k != "this_call"} for h in history]}
+        return {
+            "config": config.to_dict(),
+            "own_data": data is not None,
+            "epoch": epoch,
+            "best_valid": best_valid,
+            "best_epoch": best_epoch,
+            "since_best": since_best,
+            "history": [{k: v for k, v in h.items() if k != "this_call"} for h in history],
+        }
 
     clock = [time.perf_counter()]
     note = {}
@@ -186,21 +225,34 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         nonlocal best_valid, best_epoch, since_best, best_params
         seconds = time.perf_counter() - clock[0]
         loss = float(info.loss[-1])
-        valid = -float(np.mean(evaluate.batched_elbo(eqx.combine(state.params, static), x_valid, n_valid,
-                                                      jax.random.fold_in(k_valid, done - 1))))
+        valid = -float(
+            np.mean(
+                evaluate.batched_elbo(
+                    eqx.combine(state.params, static), x_valid, n_valid, jax.random.fold_in(k_valid, done - 1)
+                )
+            )
+        )
         if not math.isfinite(valid):
             note["valid"] = done
             return Status.NONFINITE
         beta = beta_schedule(done - 1, config.warmup) if config.objective == "elbo" else 1.0
-        history.append({"epoch": done, "beta": beta, "train_loss": loss, "valid_neg_elbo": valid,
-                        "seconds": seconds, "this_call": True})
+        history.append(
+            {
+                "epoch": done,
+                "beta": beta,
+                "train_loss": loss,
+                "valid_neg_elbo": valid,
+                "seconds": seconds,
+                "this_call": True,
+            }
+        )
         if valid < best_valid:
             best_valid, best_epoch, since_best, best_params = valid, done, 0, state.params
-            if writer:
+            if writer and out is not None:
                 runs.write(out / runs.BEST, record(done), eqx.combine(best_params, static))
         else:
             since_best += 1
-        if writer:
+        if writer and out is not None and ckpt is not None:
             runs.write(ckpt, record(done), TrainState(state.params, state.opt_state, jax.random.key_data(state.key)))
             write_json(out / "history.json", record(done)["history"], indent=1)
         bar.update(done, loss=f"{loss:.2f}", valid=f"{valid:.2f}")
@@ -209,15 +261,24 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
 
     status = None
     if start >= config.epochs:
-        status, message = Status.NOTHING_TO_DO, f"nothing to do: the run in {out} has done {start} of {config.epochs} epochs"
+        status, message = (
+            Status.NOTHING_TO_DO,
+            f"nothing to do: the run in {out} has done {start} of {config.epochs} epochs",
+        )
     elif since_best >= config.patience:
         status, message = Status.NOTHING_TO_DO, f"nothing to do: the run in {out} stopped early at epoch {start}"
-    bar = ProgressBar(config.epochs, f"train {config.model.flow} VAE", {"loss": "loss", "valid": "valid -ELBO"},
-                      start=start, enabled=progress and status is None)
+    bar = ProgressBar(
+        config.epochs,
+        f"train {config.model.flow} VAE",
+        {"loss": "loss", "valid": "valid -ELBO"},
+        start=start,
+        enabled=progress and status is None,
+    )
     if status is None:
         with bar:
-            out_ = engine.run(chunks, state, config.epochs, data=(x_train,), chunk=1, start=start,
-                              on_chunk=after_epoch, mesh=mesh)
+            out_ = engine.run(
+                chunks, state, config.epochs, data=(x_train,), chunk=1, start=start, on_chunk=after_epoch, mesh=mesh
+            )
         status = out_.status
         done = history[-1]["epoch"] if history else start
         if status == Status.COMPLETED:
@@ -225,33 +286,53 @@ def train(config: TrainConfig, out=None, *, data: vdata.ImageData | None = None,
         elif status == Status.EARLY_STOP:
             message = f"early stop at epoch {done}: no improvement for {config.patience} epochs"
         elif status == Status.INTERRUPTED:
-            message = (f"interrupted by the user; the checkpoint of epoch {done} is saved"
-                       + (f" in {out}" if out is not None else ""))
+            message = f"interrupted by the user; the checkpoint of epoch {done} is saved" + (
+                f" in {out}" if out is not None else ""
+            )
         elif "valid" in note:
-            message = (f"stopped: non-finite validation -ELBO at epoch {note['valid']}; nothing of that epoch was "
-                       f"saved (the checkpoint of epoch {done} is kept)")
+            message = (
+                f"stopped: non-finite validation -ELBO at epoch {note['valid']}; nothing of that epoch was "
+                f"saved (the checkpoint of epoch {done} is kept)"
+            )
         else:
             failed = out_.failed[0]
-            message = (f"stopped: non-finite loss, gradient or update at epoch {failed // n_batches + 1}, step "
-                       f"{failed % n_batches + 1}; nothing of that epoch was saved (the checkpoint of epoch {done} "
-                       "is kept)")
+            message = (
+                f"stopped: non-finite loss, gradient or update at epoch {failed // n_batches + 1}, step "
+                f"{failed % n_batches + 1}; nothing of that epoch was saved (the checkpoint of epoch {done} "
+                "is kept)"
+            )
     now = [h["seconds"] for h in history if h.get("this_call")]
     # the first epoch of a call includes compilation (unless this process compiled it already)
     compile_seconds = max(now[0] - float(np.median(now[1:])), 0.0) if len(now) > 1 else float("nan")
     best_model = eqx.combine(best_params, static)
     epochs_done = history[-1]["epoch"] if history else start
-    result = TrainResult(best_model, config, history, best_epoch, best_valid, epochs_done, message, status,
-                         compile_seconds, out)
-    if writer and (now or not (out / "summary.json").exists()):  # a call that trained nothing keeps it
-        summary = {"config": config.to_dict(), "message": message, "epochs_done": epochs_done,
-                   "best_epoch": best_epoch, "best_valid_neg_elbo": best_valid,
-                   "seconds_per_epoch": result.seconds_per_epoch, "compile_seconds": compile_seconds}
+    result = TrainResult(
+        best_model, config, history, best_epoch, best_valid, epochs_done, message, status, compile_seconds, out
+    )
+    if (
+        writer and out is not None and (now or not (out / "summary.json").exists())
+    ):  # a call that trained nothing keeps it
+        summary = {
+            "config": config.to_dict(),
+            "message": message,
+            "epochs_done": epochs_done,
+            "best_epoch": best_epoch,
+            "best_valid_neg_elbo": best_valid,
+            "seconds_per_epoch": result.seconds_per_epoch,
+            "compile_seconds": compile_seconds,
+        }
         # strict JSON: NaN / inf become null (compile time is unknown after one epoch; no best yet)
         write_json(out / "summary.json", summary)
         if plots_at_end and best_epoch is not None:
             title = f"{config.model.flow} VAE, epoch {best_epoch}"
             plots.samples(best_model, k_plot, d.image_shape, out / "samples.png", title=f"samples: {title}")
             spread = np.unique(np.linspace(0, len(d.test) - 1, min(50, len(d.test))).astype(int))
-            plots.reconstructions(best_model, d.test[spread], k_plot, d.image_shape, out / "reconstructions.png",
-                                  title=f"test images / reconstructions: {title}")
+            plots.reconstructions(
+                best_model,
+                d.test[spread],
+                k_plot,
+                d.image_shape,
+                out / "reconstructions.png",
+                title=f"test images / reconstructions: {title}",
+            )
     return result

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+from collections.abc import Callable
 
 from ..target import Target
 from . import builtin, posteriordb
@@ -58,7 +59,7 @@ def get(name: str, **kwargs) -> Target:
         near = difflib.get_close_matches(name, list(_REGISTRY) + list(_ALIASES), n=3)
         hint = f" Did you mean {near}?" if near else ""
         raise ValueError(f"targets.get: unknown target {name!r}.{hint} Known: {names()} (aliases {sorted(_ALIASES)})")
-    make = _REGISTRY[key]
+    make: Callable[..., Target] = _REGISTRY[key]  # type: ignore[assignment]
     params = inspect.signature(make).parameters
     bad = [k for k in kwargs if k not in params]
     if bad:
@@ -71,4 +72,3 @@ def from_numpyro(model, *args, **kwargs) -> Target:
     from .numpyro import from_numpyro as _from_numpyro
 
     return _from_numpyro(model, *args, **kwargs)
-

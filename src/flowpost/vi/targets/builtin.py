@@ -107,8 +107,14 @@ def banana(dim: int = 2, b: float = 0.1, seed: int = 0) -> Target:
 
     y = np.random.default_rng(seed).standard_normal((_N_REF, dim)) * np.sqrt(var)
     y[:, 1] -= b * (y[:, 0] ** 2 - 100.0)
-    return Target(log_prob, dim, lambda x: {"x": x}, reference=_ref("x", y), log_z=0.0,
-                  name="banana" if dim == 2 else f"banana{dim}")
+    return Target(
+        log_prob,
+        dim,
+        lambda x: {"x": x},
+        reference=_ref("x", y),
+        log_z=0.0,
+        name="banana" if dim == 2 else f"banana{dim}",
+    )
 
 
 def funnel(dim: int = 10, seed: int = 0) -> Target:
@@ -178,8 +184,9 @@ def gaussian(dim: int = 2, mean=None, cov=None, seed: int = 0, key=None) -> Targ
         return -0.5 * jnp.sum(z**2) + const
 
     draws = mean + rng.standard_normal((_N_REF, dim)) @ chol.T
-    return Target(log_prob, dim, lambda x: {"theta": x}, reference=_ref("theta", draws), log_z=0.0,
-                  name=f"gaussian{dim}")
+    return Target(
+        log_prob, dim, lambda x: {"theta": x}, reference=_ref("theta", draws), log_z=0.0, name=f"gaussian{dim}"
+    )
 
 
 def german_credit(prior_scale: float = 1.0) -> Target:

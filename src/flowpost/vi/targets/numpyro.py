@@ -24,13 +24,16 @@ An error raised while the model runs names the site where it happened.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from ..subsample import Rows
 from ..target import Target
 
 __all__ = ["from_numpyro"]
@@ -75,9 +78,11 @@ def _model_error(where, what, e):
     where (" at site 'x'", see ``SiteTracker.where``)."""
     hint = ""
     if isinstance(e, NotImplementedError) and where.startswith(" at site"):
-        hint = ("If the site's support has no bijection to the real line "
-                "(numpyro.distributions.transforms.biject_to raises), register one with biject_to.register or "
-                "reparameterise the site. ")
+        hint = (
+            "If the site's support has no bijection to the real line "
+            "(numpyro.distributions.transforms.biject_to raises), register one with biject_to.register or "
+            "reparameterise the site. "
+        )
     return ValueError(
         f"from_numpyro: {what} raised {type(e).__name__}: {e} (it happened{where}). {hint}Check that the model "
         "runs and is traceable by JAX with a value substituted for every latent site, as NUTS runs it: "
@@ -93,7 +98,7 @@ def _failing_site(model, args, kwargs, unravel, u) -> str:
     from numpyro import handlers
     from numpyro.infer.util import _unconstrain_params
 
-    failed = []
+    failed: list[str] = []
 
     def run(u):
         tr = handlers.trace(_unconstrain_params(model, unravel(u))).get_trace(*args, **kwargs)
@@ -130,8 +135,14 @@ def _inspect(model, tracker, args, kwargs):
         found["delta"] = [k for k, s in latent.items() if isinstance(s["fn"], Delta)]
         found["latent"] = list(latent)
         found["masked"] = [k for k, s in latent.items() if _mask_of(s) is not None]
-        found["subsampled"] = [(k, s["args"][0], s["args"][1]) for k, s in tr.items()
-                               if s["type"] == "plate" and s["args"][1] is not None and s["args"][1] < s["args"][0]]
+        found["subsampled"] = {
+            k: (int(s["args"][0]), int(s["args"][1]))
+            for k, s in tr.items()
+            if s["type"] == "plate" and s["args"][1] is not None and s["args"][1] < s["args"][0]
+        }
+        found["local"] = [
+            (k, f.name) for k, s in latent.items() for f in s["cond_indep_stack"] if f.name in found["subsampled"]
+        ]
         if found["discrete"] or found["delta"] or not latent:
             return {}
         return unconstrain_fn(model, args, kwargs, {k: s["value"] for k, s in latent.items()})
@@ -140,13 +151,13 @@ def _inspect(model, tracker, args, kwargs):
         z0 = jax.eval_shape(run)
     except Exception as e:
         raise _model_error(tracker.where(), "running the model with the given arguments", e) from e
-    if found["subsampled"]:
-        name, size, sub = found["subsampled"][0]
+    if found["local"]:
+        site, plate = found["local"][0]
         raise ValueError(
-            f"from_numpyro: plate {name!r} subsamples {sub} of {size} (subsample_size={sub}); a Target is "
-            "one deterministic log density, so the subsample would be the same fixed rows at every step and "
-            "the posterior wrong. Remove `subsample_size` (the full data are evaluated in one vmapped "
-            "call), or, for a neural network with mini-batches, use fp.bnn."
+            f"from_numpyro: latent site {site!r} lies inside plate {plate!r}, which subsamples its rows "
+            "(subsample_size): a local latent variable per row would change with every batch, so it cannot be "
+            "subsampled. Remove `subsample_size` from that plate (every step then reads all rows), or keep "
+            "only observed sites inside it."
         )
     if found["discrete"]:
         raise ValueError(
@@ -165,7 +176,16 @@ def _inspect(model, tracker, args, kwargs):
             "from_numpyro: the model has no latent sample sites (every site is observed), so there is "
             "nothing to infer. Leave the unknowns unobserved (numpyro.sample without `obs=`)."
         )
-    return z0, found["masked"]
+    return z0, found["masked"], found["subsampled"]
+
+
+@contextlib.contextmanager
+def _all_rows():
+    """Silence NumPyro's warning that a plate's substituted indices (all ``N`` rows, for the
+    full-data density) differ in number from its ``subsample_size``: that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="subsample_size does not match len")
+        yield
 
 
 def _mask_of(site):
@@ -253,13 +273,20 @@ def from_numpyro(model, *args, **kwargs) -> Target:
         function's name.
     Raises:
         ValueError: the model raises (the message names the site), has discrete or Delta
-        latent sites, has no latent sites, or subsamples a plate.
+        latent sites, has no latent sites, or has a latent site inside a subsampled plate.
+    A plate with ``subsample_size`` (the data plate of a large model) makes the Target's
+    ``rows``: :func:`flowpost.fit` then reads one batch of rows per step, with control
+    variates (:mod:`flowpost.vi.subsample`); ``log_prob`` itself reads all the rows.
     """
     from numpyro import handlers
     from numpyro.infer.util import constrain_fn, potential_energy
 
     tracked = _site_tracker()(handlers.seed(model, rng_seed=0))
-    z0, masked = _inspect(tracked, tracked, args, kwargs)
+    z0, masked, plates = _inspect(tracked, tracked, args, kwargs)
+    # a plate with subsample_size: the Target's log density reads every row (the plate's
+    # indices substituted with all of them), and `rows` lets fp.fit read a batch per step
+    every = {name: jnp.arange(n) for name, (n, _) in plates.items()}
+    sized = handlers.substitute(tracked, data=every) if plates else tracked
     keep = _free_elements(tracked, args, kwargs, masked, z0) if masked else {}
     flat0 = jax.eval_shape(lambda z: ravel_pytree(z)[0], z0)  # the common dtype
     dim, unravel = _unraveller(z0, keep)
@@ -269,11 +296,16 @@ def from_numpyro(model, *args, **kwargs) -> Target:
     # raising where the compiled density is NaN (a rejection)
     @jax.jit
     def log_prob(u):
-        return -potential_energy(tracked, args, kwargs, unravel(u))
+        with _all_rows():
+            return -potential_energy(sized, args, kwargs, unravel(u))
 
     @jax.jit
     def constrain(u):
-        return constrain_fn(tracked, args, kwargs, unravel(u), return_deterministic=True)
+        with _all_rows():
+            return constrain_fn(sized, args, kwargs, unravel(u), return_deterministic=True)
+
+    def log_prob_batch(u, idx):  # the plate scales its sites by N / B itself
+        return -potential_energy(handlers.substitute(tracked, data=dict(idx)), args, kwargs, unravel(u))
 
     u0 = jax.ShapeDtypeStruct((dim,), flat0.dtype)
     for fn, what in ((log_prob, "evaluating the model's log density"), (constrain, "constraining the sites")):
@@ -283,5 +315,8 @@ def from_numpyro(model, *args, **kwargs) -> Target:
             where = tracked.where() if tracked.entered != tracked.left else None
             where = where or _failing_site(tracked, args, kwargs, unravel, u0) or tracked.where()
             raise _model_error(where, what, e) from e
-    log_prob.by_site = jax.jit(_site_log_probs(tracked, args, kwargs, unravel))
-    return Target(log_prob, dim, constrain, name=getattr(model, "__name__", "numpyro_model"))
+    log_prob.by_site = jax.jit(  # type: ignore[attr-defined]
+        _site_log_probs(sized, args, kwargs, unravel)
+    )
+    rows = Rows(plates, log_prob_batch) if plates else None
+    return Target(log_prob, dim, constrain, name=getattr(model, "__name__", "numpyro_model"), rows=rows)

@@ -15,8 +15,9 @@ from ..target import Target
 __all__ = ["from_rows"]
 
 
-def from_rows(log_lik, data, dim: int, *, log_prior=None, batch_size: int = 1000, constrain=None, names=None,
-              name: str = "rows") -> Target:
+def from_rows(
+    log_lik, data, dim: int, *, log_prior=None, batch_size: int = 1000, constrain=None, names=None, name: str = "rows"
+) -> Target:
     """The posterior ``log p(u | D) = log_prior(u) + sum_i log_lik(u, row_i) + const``.
 
     Args:
@@ -27,7 +28,9 @@ def from_rows(log_lik, data, dim: int, *, log_prior=None, batch_size: int = 1000
         log_prior: ``u (dim,) -> scalar`` (log-Jacobian of ``constrain`` included); default 0
             (a flat prior).
         batch_size: rows per step when :func:`flowpost.fit` subsamples (``N`` if larger).
-        constrain, names, name: as for :class:`~flowpost.vi.target.Target`.
+        constrain: ``u (dim,) -> dict`` of model quantities, as for :class:`~flowpost.vi.target.Target`.
+        names: flat names, as for :class:`~flowpost.vi.target.Target`.
+        name: a label for tables and files.
 
     Returns:
         a Target whose ``log_prob`` is the full-data density (used for the mode, the
@@ -41,8 +44,10 @@ def from_rows(log_lik, data, dim: int, *, log_prior=None, batch_size: int = 1000
     data = jax.tree.map(jnp.asarray, data)
     n = int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else 0
     if n == 0 or any(np.ndim(a) == 0 or np.shape(a)[0] != n for a in leaves):
-        raise ValueError(f"from_rows: every array of `data` needs the same number of rows on its first axis, got "
-                         f"shapes {[np.shape(a) for a in leaves]}")
+        raise ValueError(
+            f"from_rows: every array of `data` needs the same number of rows on its first axis, got "
+            f"shapes {[np.shape(a) for a in leaves]}"
+        )
     if not callable(log_lik):
         raise TypeError(f"from_rows: `log_lik` must be callable (u, row) -> scalar, got {type(log_lik).__name__}")
     prior = (lambda u: jnp.zeros((), u.dtype)) if log_prior is None else log_prior
