@@ -16,12 +16,12 @@ budget of that length would leave it, and it is checked (:func:`decide`):
 2. **corrected moments**: ``q``'s own mean and sd of every quantity of the model (the
    flattened output of ``target.constrain``, deterministic sites included: the space
    the accuracy bar is judged in) against the PSIS-weighted ones (:func:`moment_gap`),
-   which estimate the posterior's. The gap plus
-   twice its Monte Carlo standard error must be below 0.1 (posterior sd for a mean, log
-   ratio for a sd): q is within the accuracy bar with about 95% confidence. A pilot too
-   noisy to say so (a low ESS) does not stop the fit. (A first version allowed
-   ``0.05 + 2 se``; on eight_schools it stopped at step 200 with |z| 0.083 and
-   |log sd| 0.096 against the reference: inside the bar, without a margin.)
+   which estimate the posterior's. The gap plus twice its Monte Carlo standard error
+   must be below 0.05 (posterior sd for a mean, log ratio for a sd), half the accuracy
+   bar: the weighted estimate is itself biased where the weights' tail is heavy (a
+   half-Cauchy scale: q's sd 0.062 in log from the corrected one, which was 0.07 from
+   the reference; with a bound of 0.1 that fit stopped 0.133 off). A pilot too noisy to
+   confirm it (a low ESS) does not stop the fit.
 3. **ELBO plateau** (:func:`plateau`): the ELBO of the round's last quarter has not
    risen beyond its noise over the quarter before, and, from the second round on, the
    round improved on the previous round's end by less than :func:`elbo_delta` (0.05
@@ -61,8 +61,9 @@ ROUNDS = (200, 400, 800, 1600)
 #: draws per step in the automatic mode / with a user's fixed ``steps``
 AUTO_SAMPLES, FIXED_SAMPLES = 128, 256
 #: q's moments must be within this many posterior sds of the PSIS-corrected ones, with the
-#: weighted estimate's Monte Carlo error added (twice it): the accuracy bar itself
-MOMENT_BOUND = 0.1
+#: weighted estimate's Monte Carlo error added (twice it): half the accuracy bar, because
+#: the corrected estimate can itself be off by as much again (see :func:`decide`)
+MOMENT_BOUND = 0.05
 #: pilot draws at a round's end (the number :meth:`FitResult.diagnostics` uses, so the
 #: compiled sampler serves both)
 PILOT_DRAWS = 4000
@@ -137,8 +138,13 @@ def moment_gap(x: np.ndarray, log_w: np.ndarray) -> dict:
         sd_gap = np.abs(np.log(sq / sw))
         sd_se = var_se / (2 * np.maximum(vw, 1e-300))
     constant = sw <= 1e-9 * (1.0 + np.abs(mw))  # e.g. the unit diagonal of a correlation matrix
-    return {"mean_gap": np.abs(mq - mw) / sw, "sd_gap": sd_gap, "mean_se": mean_se, "sd_se": sd_se,
-            "constant": constant}
+    return {
+        "mean_gap": np.abs(mq - mw) / sw,
+        "sd_gap": sd_gap,
+        "mean_se": mean_se,
+        "sd_se": sd_se,
+        "constant": constant,
+    }
 
 
 def moments_agree(gap: dict, bound: float = MOMENT_BOUND, z: float = 2.0) -> np.ndarray:
