@@ -176,6 +176,13 @@ def main():
                 console.print(row)
     if a.reference_only:
         return
+    path = RESULTS / "large_data.json"
+    if path.exists():  # keep the rows of models and sizes not re-run now
+        import json
+
+        done = {(r["model"], r["n"]) for r in rows}
+        rows = [r for r in json.loads(path.read_text())["rows"] if (r["model"], r["n"]) not in done] + rows
+        rows.sort(key=lambda r: (r["model"], r["n"]))
     table = Table(title="flowpost (subsampled default fit) vs NumPyro NUTS (full data), wall s incl. compilation")
     for col in ("model", "N", "flowpost s", "|z| / |log sd|", "NUTS s", "|z| / |log sd| ", "NUTS / flowpost",
                 "grad var cut"):
@@ -193,7 +200,7 @@ def main():
                          "nuts_growth_exponent": growth(mine, "nuts_s")}
         console.print(f"{name}: time ~ N^{summary[name]['flowpost_growth_exponent']:.2f} (flowpost), "
                       f"N^{summary[name]['nuts_growth_exponent']:.2f} (NUTS)")
-    write_json(RESULTS / "large_data.json", {"machine": machine_info(), "batch": BATCH, "rows": rows,
+    write_json(path, {"machine": machine_info(), "batch": BATCH, "rows": rows,
                                              "growth": summary})
 
 

@@ -52,6 +52,7 @@ def fit(
     learning_rate: float = typer.Option(5e-3, help="peak learning rate of the default Adam schedule"),
     seed: int = typer.Option(0, help="PRNG seed"),
     draws: int = typer.Option(4000, help="posterior draws for the summary and outputs"),
+    devices: Optional[int] = typer.Option(None, help="split each step's draws over N devices (default: one)"),
     out: Optional[pathlib.Path] = typer.Option(None, help="folder for summary.json, PNGs, posterior.nc"),
 ):
     """Fit a variational posterior to TARGET and report it.
@@ -84,6 +85,7 @@ def fit(
             num_samples=num_samples,
             learning_rate=learning_rate,
             key=jax.random.key(seed),
+            devices=devices,
         )
     except USER_ERRORS as e:
         _ui.error(e)

@@ -67,6 +67,7 @@ def uci(
         "gaussian", help="gaussian (learned noise) | heteroscedastic (the network predicts each example's noise)"
     ),
     seed: int = typer.Option(0, help="PRNG seed"),
+    devices: Optional[int] = typer.Option(None, help="split each minibatch over N devices (default: one)"),
     out: Optional[pathlib.Path] = typer.Option(None, help="folder for results.json and predictive.png"),
 ):
     """The UCI regression benchmark: test RMSE and log-likelihood over the standard splits."""
@@ -87,6 +88,7 @@ def uci(
         seed=seed,
         members=members,
         likelihood=likelihood,
+        devices=devices,
         out=out,
     )
 
@@ -101,6 +103,7 @@ def classify(
     learning_rate: float = typer.Option(3e-3, help="peak Adam learning rate"),
     members: int = typer.Option(1, help="ensemble size: posteriors fitted per split, predicting as their mixture"),
     seed: int = typer.Option(0, help="PRNG seed"),
+    devices: Optional[int] = typer.Option(None, help="split each minibatch over N devices (default: one)"),
     out: Optional[pathlib.Path] = typer.Option(None, help="folder for results.json and reliability.png"),
 ):
     """Binary classification (one hidden layer of 50): test accuracy, log-likelihood, ECE."""
@@ -119,5 +122,6 @@ def classify(
         learning_rate=learning_rate,
         seed=seed,
         members=members,
+        devices=devices,
         out=out,
     )

@@ -36,6 +36,7 @@ def train(
     patience: int = typer.Option(100, help="early stopping: epochs without validation improvement"),
     seed: int = typer.Option(0, help="PRNG seed"),
     limit: Optional[int] = typer.Option(None, help="use only LIMIT images of each split, spread over it (quick runs)"),
+    devices: Optional[int] = typer.Option(None, help="split each minibatch over N devices (default: one)"),
     out: pathlib.Path = typer.Option(pathlib.Path("runs/vae"), help="run folder; resumed if it has a checkpoint"),
 ):
     """Train a flow-VAE; writes checkpoints every epoch, history.json, summary.json and PNGs to OUT.
@@ -61,7 +62,7 @@ def train(
             seed=seed,
             limit=limit,
         )
-        result = vae.train(config, out=out)
+        result = vae.train(config, out=out, devices=devices)
     except USER_ERRORS as e:
         _ui.error(e)
         raise typer.Exit(2) from None

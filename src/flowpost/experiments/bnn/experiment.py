@@ -57,6 +57,7 @@ def fit_splits(
     progress,
     prior,
     members,
+    devices=None,
 ):
     """The protocol's network (one hidden layer of ``hidden`` units, ``n_out`` outputs per
     example) and its posteriors on every split of ``data`` (a stacked
@@ -80,6 +81,7 @@ def fit_splits(
         progress=progress,
         label=name,
         members=members,
+        devices=devices,
     )
     return m, results
 
@@ -99,6 +101,7 @@ def run_uci(
     prior: float = 1.0,
     family_options: dict | None = None,
     members: int = 1,
+    devices: int | None = None,
     likelihood: str = "gaussian",
     progress: bool = True,
     out=None,
@@ -108,7 +111,8 @@ def run_uci(
     One hidden layer (50 units, 100 for protein), learned Gaussian noise (``likelihood=
     "heteroscedastic"``: a second output predicts each example's noise), N(0, prior^2)
     weights, all ``splits`` (default all) trained together; ``members > 1``: an ensemble of
-    that many posteriors per split (:func:`~.train.fit_many`). Returns a dict with
+    that many posteriors per split (:func:`~.train.fit_many`); ``devices``: each
+    minibatch split over that many devices. Returns a dict with
     ``dataset``, ``family``, ``rmse_mean``, ``rmse_se``, ``test_ll_mean``, ``test_ll_se``,
     ``splits`` (per split ``split``, ``rmse``, ``test_ll``), ``epochs``, ``seconds``; an
     ensemble adds ``member1_rmse_*`` and ``member1_test_ll_*`` (mean, se and per split):
@@ -141,6 +145,7 @@ def run_uci(
         progress,
         prior,
         members,
+        devices=devices,
     )
     seconds = time.perf_counter() - t0
     rows, first = [], None
@@ -199,13 +204,15 @@ def run_classification(
     prior: float = 1.0,
     family_options: dict | None = None,
     members: int = 1,
+    devices: int | None = None,
     progress: bool = True,
     out=None,
 ) -> dict:
     """A one-hidden-layer Bernoulli BNN on a classification set (:data:`uci.CLASSIFICATION`),
     90/10 splits by the UCI rule. Returns ``accuracy_mean/_se``, ``test_ll_mean/_se``,
     ``ece_mean/_se`` and per-split rows; with ``out``: ``results.json``,
-    ``reliability.png`` (all splits' test predictions pooled) and ``posteriors/split_<s>``."""
+    ``reliability.png`` (all splits' test predictions pooled) and ``posteriors/split_<s>``;
+    ``devices``: each minibatch split over that many devices."""
     if dataset not in uci.CLASSIFICATION:
         raise ValueError(f"bnn.run_classification: `dataset` must be one of {uci.CLASSIFICATION}, got {dataset!r}")
     chosen = _split_list(dataset, splits, 20)
@@ -228,6 +235,7 @@ def run_classification(
         progress,
         prior,
         members,
+        devices=devices,
     )
     seconds = time.perf_counter() - t0
     rows, all_p, all_y = [], [], []
