@@ -107,15 +107,17 @@ TWO_PROCESS = """
     t = fp.Target(lambda u: -0.5 * jnp.sum(((u - jnp.arange(3.0)) / jnp.array([1.0, 2.0, 0.5])) ** 2), 3)
     r = fp.fit(t, family="fullrank", steps=100, num_samples=64, key=jax.random.key(0), progress=False, devices=4)
     draws = r.sample(jax.random.key(1), 5)["theta"]
+    if os.environ.get("FP_OUT"):
+        r.save(os.environ["FP_OUT"])  # every process calls it; process 0 writes
     print(json.dumps({"pid": pid, "devices": len(jax.devices()), "local": len(jax.local_devices()),
                       "loss": r.trace.loss.tolist(), "draws": draws.tolist()}))
 """
 
 
-def test_two_processes_match_one():
+def test_two_processes_match_one(tmp_path):
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-           "FP_PORT": str(port)}
+           "FP_PORT": str(port), "FP_OUT": str(tmp_path / "run")}
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(TWO_PROCESS)], env={**env, "FP_PID": str(i)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = []
@@ -130,6 +132,18 @@ def test_two_processes_match_one():
     close(outs[0]["loss"], single["loss"])
     close(outs[1]["loss"], single["loss"])
     np.testing.assert_allclose(outs[0]["draws"], single["draws"], rtol=1e-4, atol=1e-5)
+    # one result folder, written by process 0, that loads on one device
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert {"q.eqx", "meta.json", "trace.npz"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    import jax
+    import jax.numpy as jnp
+
+    import flowpost as fp
+
+    t = fp.Target(lambda u: -0.5 * jnp.sum(((u - jnp.arange(3.0)) / jnp.array([1.0, 2.0, 0.5])) ** 2), 3)
+    back = fp.load(tmp_path / "run", target=t)  # restored on this process's one device
+    assert back.steps == 100
+    np.testing.assert_allclose(back.sample(jax.random.key(1), 5)["theta"], single["draws"], rtol=1e-4, atol=1e-5)
 
 
 if __name__ == "__main__":  # pragma: no cover

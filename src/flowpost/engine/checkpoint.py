@@ -197,8 +197,17 @@ MARKER = "meta.json"
 def folder(path, who: str = "save"):
     """``with folder(path) as tmp:`` write a result's files into ``tmp``; on success ``tmp``
     replaces ``path`` as a whole. ``path`` may be missing, empty, or a saved flowpost result
-    (replaced); anything else is refused (its files would mix with the result's)."""
+    (replaced); anything else is refused (its files would mix with the result's). In a
+    multi-process run only process 0 writes; the others' files go to a scratch folder that
+    is removed."""
     path = pathlib.Path(path)
+    if jax.process_index() != 0:  # a multi-process run: process 0 writes, the others write nothing
+        scratch = pathlib.Path(tempfile.mkdtemp(prefix="flowpost-"))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     if path.exists() and not path.is_dir():
         raise ValueError(f"{who}: {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not (path / MARKER).is_file():
