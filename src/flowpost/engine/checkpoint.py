@@ -160,7 +160,9 @@ def check_like(header: dict, like, who: str, what: str = "the family") -> None:
                 "another version or with other options); pass `like=`, a flow built with the "
                 "same constructor and options"
             )
-    saved = header.get("settings", header.get("static"))
+    # formats before 4 saved no settings (an edited meta may still carry them: ignored)
+    fmt = header.get("format")
+    saved = header.get("settings", header.get("static")) if not isinstance(fmt, int) or fmt >= 4 else None
     if saved is not None and settings(like) != saved:  # e.g. a spline's bound, an activation
         old, new = saved.splitlines(), settings(like).splitlines()
         i = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
