@@ -234,8 +234,8 @@ def folder(path, who: str = "save"):
 
 
 def read_meta(path, who: str) -> dict:
-    """``meta.json`` of a result folder (``who`` names the caller in errors), with the
-    header of its ``q.eqx`` merged in (format 5)."""
+    """``meta.json`` of a result folder (``who`` names the caller in errors); from format 5
+    on it is a copy of the header of the folder's ``q.eqx``."""
     path = pathlib.Path(path)
     if not (path / MARKER).exists() or not (path / "q.eqx").exists():
         raise FileNotFoundError(f"{who}: {path} is not a saved flowpost result (meta.json and q.eqx expected)")
