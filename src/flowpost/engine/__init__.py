@@ -23,7 +23,7 @@ from .loop import (
     scan_chunks,
     vmapped,
 )
-from .optim import as_key, default_optimizer
+from .optim import as_key, default_optimizer, fast_key
 from .progress import ProgressBar
 
 __all__ = [
@@ -46,4 +46,5 @@ __all__ = [
     "ProgressBar",
     "default_optimizer",
     "as_key",
+    "fast_key",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -27,3 +28,33 @@ def as_key(key, who: str = "fit"):
     if key.shape == (2,) and key.dtype == jnp.uint32:
         return jax.random.wrap_key_data(key)
     raise TypeError(f"{who}: `key` must be a jax.random.key or PRNGKey, got {key!r}")
+
+
+#: mixes a 2-word key into the second half of the 4-word state of XLA's RngBitGenerator
+_MIX = np.array([0x9E3779B9, 0x7F4A7C15], np.uint32)
+
+
+def fast_key(key, who: str = "fit"):
+    """The ``unsafe_rbg`` key that ``fp.fit`` draws with, derived from the user's ``key``.
+
+    JAX's default PRNG (threefry) is a 20-round counter hash that XLA unrolls in every
+    program that draws: on a CPU it costs about 0.3 s of compilation per program, and a
+    fit compiles several (the probes of the target, the family's initial weights, the
+    training chunk, the pilot sampler). ``unsafe_rbg`` draws with XLA's own
+    RngBitGenerator, which compiles in a fraction of that (measured on the default fit:
+    ``docs/time-to-accuracy.md``). Its streams are fixed by the key on a given backend but
+    may differ between backends; its ``split`` is not threefry's proven hash, which
+    Monte Carlo noise for a variational objective does not need.
+
+    The same key gives the same stream on every call; a key already ``unsafe_rbg`` is
+    returned as it is. Works on traced keys too."""
+    key = as_key(key, who)
+    if str(jax.random.key_impl(key)) == "unsafe_rbg":
+        return key
+    data = jax.random.key_data(key).ravel()
+    if isinstance(data, jax.core.Tracer):
+        words = jnp.concatenate([data[:2], data[:2] ^ jnp.asarray(_MIX)]) if data.size < 4 else data[:4]
+    else:
+        d = np.asarray(data, np.uint32)
+        words = jnp.asarray(np.concatenate([d[:2], d[:2] ^ _MIX]) if d.size < 4 else d[:4])
+    return jax.random.wrap_key_data(words, impl="unsafe_rbg")

@@ -20,6 +20,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._jit import filter_once
 from .nn import fold_masks
 
 Array = jax.Array
@@ -191,9 +192,11 @@ class Scan(Bijection):
 
     @classmethod
     def make(cls, make_layer, key: Array, length: int) -> Scan:
-        """``make_layer(key) -> Bijection`` called for ``length`` independent keys."""
-        keys = jax.random.split(key, length)
-        return cls(eqx.filter_vmap(make_layer)(keys), length)
+        """``make_layer(key) -> Bijection`` called for ``length`` independent keys.
+
+        The layers are built in one program compiled for one run (:mod:`flowpost._jit`):
+        run op by op, each random draw of a fresh shape would compile on its own."""
+        return cls(filter_once(lambda k: eqx.filter_vmap(make_layer)(jax.random.split(k, length)))(key), length)
 
     def _scan(self, x, context, method, reverse):
         # masks of autoregressive layers: applied once to the stacked weights, not per step

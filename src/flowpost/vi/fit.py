@@ -21,9 +21,9 @@ import optax
 from .. import engine
 from .. import flows as F
 from .._checks import as_ints, check_positive
-from ..engine import ProgressBar, Status, default_optimizer
+from .._jit import once
+from ..engine import ProgressBar, Status, default_optimizer, fast_key
 from ..engine import TrainState as FitState
-from ..engine import as_key as _as_key
 from ..engine import guard as freeze_nonfinite
 from . import families, objectives, stopping
 from .diagnostics import psis
@@ -124,8 +124,8 @@ def _check_target(target, key):
     # float (e.g. a constant density) becomes an array that optax's L-BFGS can use
     raw = lambda v: jnp.asarray(target.log_prob(v)).astype(v.dtype)  # noqa: E731
     probe = jax.random.normal(key, (8, target.dim))
-    values = np.asarray(jax.jit(jax.vmap(raw))(probe))
-    zero = float(jax.jit(raw)(u))
+    values = np.asarray(once(jax.vmap(raw))(jnp.concatenate([probe, u[None]])))  # one program
+    values, zero = values[:-1], float(values[-1])
     nan = np.isnan(np.append(values, zero))
     float32_fix = (
         (
@@ -227,7 +227,7 @@ def fit(
     """
     from .result import FitResult
 
-    key = _as_key(key)
+    key = fast_key(key)  # XLA's RngBitGenerator: compiles far faster than threefry
     plan = stopping.plan(steps, num_samples)
     steps, num_samples, chunk = as_ints("fit", steps=plan.steps, num_samples=plan.num_samples, chunk=chunk)
     if optimizer is None:
@@ -259,7 +259,7 @@ def fit(
     log_p = _sharded(jax.vmap(log_prob), mesh)
     estimate = _control_variate(target, log_prob, start, subsample)
     pilot_log_p = _pilot_log_p(target, log_prob, estimate)
-    pilot_to_model = jax.jit(jax.vmap(target.to_model))  # the pilot checks the model's quantities
+    pilot_to_model = once(jax.vmap(target.to_model))  # the pilot checks the model's quantities
     draw = lambda params, rest, key: stopping.pilot(
         combine(params, rest),
         pilot_log_p,
@@ -329,13 +329,13 @@ def _pilot_log_p(target: Target, log_prob, estimate):
     batches' worth of rows (its noise is far below the pilot's own; the full data would
     cost the pilot ``N`` row terms per draw). ``diagnostics()`` always uses the full data."""
     if estimate is None:
-        return jax.jit(jax.vmap(log_prob))
+        return once(jax.vmap(log_prob))
     rows = target.rows
     idx = Rows({k: (n, min(n, 10 * b)) for k, (n, b) in rows.sizes.items()}, rows.log_prob_batch).draw(
         jax.random.key(0)
     )
 
-    @jax.jit
+    @once
     def log_p(u):
         terms = estimate.batch_terms(idx)
         return jax.vmap(lambda v: estimate(v, idx, terms))(u)

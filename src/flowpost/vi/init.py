@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._jit import once
+
 #: above this dimension the dense Hessian is skipped (diagonal curvature by
 #: Hessian-vector products would do; here the scale starts at ``fallback_scale``)
 MAX_DENSE_DIM = 2000
@@ -154,7 +156,7 @@ def laplace(log_prob, dim: int, x0=None, max_iter: int = 1000, max_sd: float = 1
             it,
             "mode; unit scale (dimension too large for a dense Hessian)" + capped,
         )
-    h = np.asarray(jax.jit(jax.hessian(log_prob))(mode), dtype=np.float64)
+    h = np.asarray(once(jax.hessian(log_prob))(mode), dtype=np.float64)
     if not np.all(np.isfinite(h)):
         return Laplace(mode, jnp.eye(dim, dtype=x0.dtype), lp, it, "mode; Hessian not finite, unit scale" + capped)
     prec = -(h + h.T) / 2

@@ -12,13 +12,13 @@ import pathlib
 from typing import Any
 
 import arviz as az
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._checks import as_ints
-from ..engine import Status, checkpoint
+from .._jit import filter_once
+from ..engine import Status, checkpoint, fast_key
 from . import diagnostics as D
 from .target import Target, flatten_draws
 
@@ -53,7 +53,7 @@ class FitResult:
     def sample_unconstrained(self, key, n: int) -> tuple[jax.Array, jax.Array]:
         """``(u (n, dim), log q(u) (n,))`` in the unconstrained space."""
         (n,) = as_ints(n=n)
-        return _sample(self.q, key, n)
+        return _sample(self.q, fast_key(key, "sample"), n)
 
     def sample(self, key, n: int) -> dict[str, np.ndarray]:
         """``n`` draws in the model's space: quantity name -> array ``(n, *shape)``."""
@@ -62,7 +62,7 @@ class FitResult:
 
     def constrain(self, u) -> dict[str, np.ndarray]:
         """The model's quantities of unconstrained draws ``u (n, dim)``: name -> ``(n, *shape)``."""
-        out = jax.jit(jax.vmap(self.target.to_model))(u)
+        out = _to_model(self.target.to_model, u)
         return {k: np.asarray(v) for k, v in out.items()}
 
     def log_prob(self, u) -> jax.Array:
@@ -254,7 +254,7 @@ def read_flow(path, meta: dict, like, who: str):
     return q, trace
 
 
-@eqx.filter_jit
+@filter_once
 def _batched_log_prob(log_prob, u, group):
     """``log_prob`` at each row of ``u``: one ``vmap``, or ``lax.map`` over groups of ``group``."""
     if group is None or group >= u.shape[0]:
@@ -262,9 +262,14 @@ def _batched_log_prob(log_prob, u, group):
     return jax.lax.map(log_prob, u, batch_size=group)
 
 
-@eqx.filter_jit
+@filter_once
 def _sample(q, key, n):
     return q.sample_and_log_prob(key, n)
+
+
+@filter_once
+def _to_model(to_model, u):
+    return jax.vmap(to_model)(u)
 
 
 def load(path, target: Target | None = None, like=None) -> FitResult:

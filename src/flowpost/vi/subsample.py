@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import check_ints
+from .._jit import once
 
 Array = jax.Array
 
@@ -89,8 +90,8 @@ def taylor_estimator(rows: Rows, log_prob, mode, hessian: bool = True):
     Per batch, :func:`batch_terms` gives ``L_B(m)``, its gradient and, for a batch shared
     by many draws, its Hessian (``dim`` Hessian-vector products, once per step)."""
     mode = jnp.asarray(mode)
-    value, grad = jax.jit(jax.value_and_grad(log_prob))(mode)  # jitted: one program, not one per op
-    full_hess = jax.jit(jax.hessian(log_prob))(mode) if hessian else None
+    value, grad = once(jax.value_and_grad(log_prob))(mode)  # one program, not one per op
+    full_hess = once(jax.hessian(log_prob))(mode) if hessian else None
 
     def batch_terms(idx):
         """``(L_B(m), grad L_B(m), Hessian of L_B at m or None)`` for the batch ``idx``."""
