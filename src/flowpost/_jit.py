@@ -26,8 +26,20 @@ def _options() -> dict | None:
 
 def once(fun, **jit_kwargs):
     """``jax.jit(fun)`` compiled for a program that runs once or a few times (see the
-    module text); the same function, arguments and results."""
-    return jax.jit(fun, compiler_options=_options(), **jit_kwargs)
+    module text); the same function, arguments and results. Called with traced
+    arguments (inside another ``jit``, ``vmap`` or ``grad``), it is ``fun`` itself, traced
+    into the caller's program (XLA takes compiler options only for a whole program)."""
+    compiled = jax.jit(fun, compiler_options=_options(), **jit_kwargs)
+
+    @functools.wraps(fun)
+    def call(*args, **kwargs):
+        return fun(*args, **kwargs) if _traced((args, kwargs)) else compiled(*args, **kwargs)
+
+    return call
+
+
+def _traced(tree) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
 
 class _Static:
@@ -59,13 +71,71 @@ def filter_once(fun):
         results[static] = out_static  # recorded when traced; a cache hit reads it
         return out
 
-    compiled = once(arrays_of, static_argnums=0)
+    compiled = jax.jit(arrays_of, static_argnums=0, compiler_options=_options())
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
+        if _traced((args, kwargs)):  # inside another transformation: traced into it
+            return fun(*args, **kwargs)
         dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
         key = _Static(static)
         out = compiled(key, dynamic)
         return eqx.combine(out, results[key])
 
     return call
+
+
+class Hoisted(eqx.Module):
+    """A function with the arrays it closes over as pytree leaves (:func:`hoist`).
+
+    A jitted function that closes over a large array (a model's data) compiles that array
+    into its program as a constant: XLA then spends time proportional to its size on
+    every program that uses it (measured: 0.4-2 s per program for 10^6 rows of
+    logistic-regression data, against 0.1 s with the data as an input). Passed as an
+    argument to a filtered jit (``eqx.filter_jit``, :func:`filter_once`), a ``Hoisted``'s
+    arrays are inputs instead, and programs compiled for one data set serve another of
+    the same shapes."""
+
+    jaxpr: jax.extend.core.Jaxpr = eqx.field(static=True)
+    out_tree: jax.tree_util.PyTreeDef = eqx.field(static=True)
+    consts: list
+
+    def __call__(self, *args):
+        out = jax.core.eval_jaxpr(self.jaxpr, self.consts, *jax.tree.leaves(args))
+        return jax.tree.unflatten(self.out_tree, out)
+
+
+def hoist(fun, *example_args) -> Hoisted:
+    """``fun`` traced once at ``example_args`` (arrays or ``jax.ShapeDtypeStruct``s) as a
+    :class:`Hoisted`: the same function for arguments of those shapes and dtypes (and
+    under ``vmap``, ``grad``, ``jit``), with the arrays it closes over as leaves.
+
+    Arrays closed over inside a jitted function that ``fun`` calls (a NumPyro target's
+    ``log_prob`` is one) are hoisted too: such calls are inlined. Arrays closed over
+    inside the body of a ``lax.scan`` or ``while_loop`` stay constants of that body."""
+    closed, shape = jax.make_jaxpr(fun, return_shape=True)(*example_args)
+    flat = jax.make_jaxpr(lambda *a: _inlined(closed.jaxpr, closed.consts, *a))(*jax.tree.leaves(example_args))
+    return Hoisted(flat.jaxpr, jax.tree.structure(shape), list(flat.consts))
+
+
+def _inlined(jaxpr, consts, *args):
+    """Evaluate ``jaxpr`` as ``jax.core.eval_jaxpr`` does, but with every nested ``jit``
+    call evaluated inline, so that its closed-over constants become the caller's."""
+    env: dict = {}
+
+    def read(v):
+        return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+
+    env.update(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        if eqn.primitive.name in ("jit", "pjit"):
+            inner = eqn.params["jaxpr"]
+            outvals = _inlined(inner.jaxpr, inner.consts, *invals)
+        else:
+            with eqn.ctx.manager:
+                outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+            outvals = outvals if eqn.primitive.multiple_results else [outvals]
+        env.update(zip(eqn.outvars, outvals))
+    return [read(v) for v in jaxpr.outvars]

@@ -21,7 +21,7 @@ import optax
 from .. import engine
 from .. import flows as F
 from .._checks import as_ints, check_positive
-from .._jit import once
+from .._jit import filter_once, hoist
 from ..engine import ProgressBar, Status, default_optimizer, fast_key
 from ..engine import TrainState as FitState
 from ..engine import guard as freeze_nonfinite
@@ -122,9 +122,11 @@ def _check_target(target, key):
     target._flat_names(quantities)  # the count of `names` against constrain's output, a clear ValueError
     # an array of the input's dtype: a float32 log_prob under x64 is cast, and a Python
     # float (e.g. a constant density) becomes an array that optax's L-BFGS can use
-    raw = lambda v: jnp.asarray(target.log_prob(v)).astype(v.dtype)  # noqa: E731
+    # traced once, with the arrays it closes over (the data) as inputs of every program
+    # compiled from it, not constants compiled into each (see flowpost._jit.Hoisted)
+    raw = hoist(lambda v: jnp.asarray(target.log_prob(v)).astype(v.dtype), jax.ShapeDtypeStruct(u.shape, u.dtype))
     probe = jax.random.normal(key, (8, target.dim))
-    values = np.asarray(once(jax.vmap(raw))(jnp.concatenate([probe, u[None]])))  # one program
+    values = np.asarray(_batch(raw, jnp.concatenate([probe, u[None]])))  # one program
     values, zero = values[:-1], float(values[-1])
     nan = np.isnan(np.append(values, zero))
     float32_fix = (
@@ -164,7 +166,13 @@ def _check_target(target, key):
             RuntimeWarning,
             stacklevel=3,
         )
-    return objectives.reject_nan(raw)
+    return objectives.reject_nan(raw)  # carries raw's data as leaves, as raw does
+
+
+@filter_once
+def _batch(log_prob, u):
+    """``log_prob`` at each row of ``u (n, dim)``, compiled for a few runs (probes, pilots)."""
+    return jax.vmap(log_prob)(u)
 
 
 def fit(
@@ -256,10 +264,9 @@ def fit(
     params, rest, combine = engine.partition(q, frozen=_is_frozen)
     mesh = engine.devices.mesh(devices, "fit")
     engine.devices.check_divisible(mesh, num_samples, "`num_samples`")
-    log_p = _sharded(jax.vmap(log_prob), mesh)
     estimate = _control_variate(target, log_prob, start, subsample)
     pilot_log_p = _pilot_log_p(target, log_prob, estimate)
-    pilot_to_model = once(jax.vmap(target.to_model))  # the pilot checks the model's quantities
+    pilot_to_model = lambda u: _to_model(target.to_model, u)  # noqa: E731  (the model's quantities)
     draw = lambda params, rest, key: stopping.pilot(
         combine(params, rest),
         pilot_log_p,
@@ -267,9 +274,9 @@ def fit(
         to_model=pilot_to_model,
     )
 
-    def loss_fn(params, key, batch, step):  # the frozen arrays come in traced, as `batch`
+    def loss_fn(params, key, batch, step):  # the frozen arrays and the density's data come in traced
         if estimate is None:
-            return obj(combine(params, batch[0]), log_p, key, num_samples)
+            return obj(combine(params, batch[0]), _sharded(jax.vmap(batch[1]), mesh), key, num_samples)
         k_rows, key = jax.random.split(key)  # one batch of rows per step, shared by its draws
         batch_p = _sharded(batch_log_p(target.rows, estimate, k_rows), mesh)
         return obj(combine(params, batch[0]), batch_p, key, num_samples)
@@ -278,7 +285,16 @@ def fit(
     bar = ProgressBar(steps, f"fit {target.name}", {"elbo": "ELBO"}, enabled=progress)
     with bar:
         out = _run(
-            chunks, FitState.init(params, optimizer, k_run), rest, steps, chunk, tol, bar, auto := rule(), draw, mesh
+            chunks,
+            FitState.init(params, optimizer, k_run),
+            (rest, log_prob),
+            steps,
+            chunk,
+            tol,
+            bar,
+            auto := rule(),
+            draw,
+            mesh,
         )
         if (
             out.status == Status.NONFINITE
@@ -297,7 +313,7 @@ def fit(
             out = _run(
                 chunks,
                 FitState.init(params, optimizer, k_run),
-                rest,
+                (rest, log_prob),
                 steps,
                 chunk,
                 tol,
@@ -323,19 +339,24 @@ def fit(
     )
 
 
+@filter_once
+def _to_model(to_model, u):
+    return jax.vmap(to_model)(u)
+
+
 def _pilot_log_p(target: Target, log_prob, estimate):
     """``log p`` of the stopping rule's pilot draws, jitted over a batch: the full density,
     or for a subsampled target the control-variate estimate from one fixed draw of ten
     batches' worth of rows (its noise is far below the pilot's own; the full data would
     cost the pilot ``N`` row terms per draw). ``diagnostics()`` always uses the full data."""
     if estimate is None:
-        return once(jax.vmap(log_prob))
+        return lambda u: _batch(log_prob, u)
     rows = target.rows
     idx = Rows({k: (n, min(n, 10 * b)) for k, (n, b) in rows.sizes.items()}, rows.log_prob_batch).draw(
-        jax.random.key(0)
+        fast_key(jax.random.key(0))
     )
 
-    @once
+    @filter_once
     def log_p(u):
         terms = estimate.batch_terms(idx)
         return jax.vmap(lambda v: estimate(v, idx, terms))(u)
@@ -367,11 +388,14 @@ def _control_variate(target: Target, log_prob, start, subsample):
     return taylor_estimator(cast, log_prob, mode, hessian=target.dim <= MAX_DENSE_DIM)
 
 
-def _run(chunks, state, rest, steps, chunk, tol, bar, auto=None, draw=None, mesh=None):
+def _run(chunks, state, data, steps, chunk, tol, bar, auto=None, draw=None, mesh=None):
     """The engine's driver with the ``tol`` rule: stop once the mean ELBO of a chunk moves
     less than ``tol`` from the chunk before (after at least 5 chunks); and in the automatic
     mode the rule of :mod:`~flowpost.vi.stopping` (``auto``, a :class:`~.stopping.Rule`),
-    checked on a pilot ``draw(params, rest, key)`` of the current ``q`` at each round's end."""
+    checked on a pilot ``draw(params, rest, key)`` of the current ``q`` at each round's end.
+    ``data``: ``(rest, log_prob)``, q's frozen arrays and the hoisted density, passed to
+    every chunk as traced inputs."""
+    rest = data[0]
     prev = []
 
     def on_chunk(state, info, done):
@@ -386,7 +410,7 @@ def _run(chunks, state, rest, steps, chunk, tol, bar, auto=None, draw=None, mesh
         chunks,
         state,
         steps,
-        data=(rest,),
+        data=data,
         chunk=chunk,
         on_chunk=on_chunk,
         progress=bar,

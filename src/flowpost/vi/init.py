@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._jit import once
+from .._jit import filter_once
 
 #: above this dimension the dense Hessian is skipped (diagonal curvature by
 #: Hessian-vector products would do; here the scale starts at ``fallback_scale``)
@@ -49,11 +50,10 @@ def find_mode(log_prob, x0, max_iter: int = 1000, tol: float = 1e-6):
     import scipy.optimize
 
     x0 = jnp.asarray(x0)
-    value_and_grad = jax.jit(jax.value_and_grad(lambda x: -log_prob(x)))
     best: dict[str, Any] = {"f": np.inf, "x": np.asarray(x0, np.float64)}
 
     def fun(x):
-        f, g = value_and_grad(jnp.asarray(x, x0.dtype))
+        f, g = _neg_value_and_grad(log_prob, jnp.asarray(x, x0.dtype))
         f, g = float(f), np.asarray(g, np.float64)
         if not (np.isfinite(f) and np.all(np.isfinite(g))):
             return 1e300, np.zeros_like(g)  # a rejection: far above any finite value, no pull
@@ -73,13 +73,18 @@ def find_mode(log_prob, x0, max_iter: int = 1000, tol: float = 1e-6):
         return jnp.asarray(best["x"], x0.dtype), -best["f"], max_iter
     x = jnp.asarray(best["x"], x0.dtype)
     if np.isfinite(best["f"]):
-        g = np.linalg.norm(np.asarray(value_and_grad(x)[1], np.float64))
+        g = np.linalg.norm(np.asarray(_neg_value_and_grad(log_prob, x)[1], np.float64))
         if g > max(1e-3 * max(1.0, float(np.linalg.norm(best["x"]))), 10 * tol):
             # stalled, not a mode (seen in float32 on a funnel's neck, |g| 29): optax's zoom line
             # search goes on from here, with the iterations left
             mode, lp, it = _find_mode_optax(log_prob, x, max(max_iter - int(res.nit), 1), tol)
             return mode, lp, min(int(res.nit) + it, max_iter)
     return x, -best["f"], int(res.nit)
+
+
+@eqx.filter_jit  # log_prob an argument: a Hoisted density's data are inputs, not constants
+def _neg_value_and_grad(log_prob, x):
+    return jax.value_and_grad(lambda v: -log_prob(v))(x)
 
 
 def _gradient_tol(tol: float, f0: float, dtype) -> float:
@@ -95,9 +100,15 @@ def _gradient_tol(tol: float, f0: float, dtype) -> float:
 def _find_mode_optax(log_prob, x0, max_iter: int = 1000, tol: float = 1e-6):
     """optax's L-BFGS (zoom line search) in one compiled ``lax.while_loop``; returns
     ``(mode, log_prob(mode), iterations)``. Non-finite steps keep the best point."""
+    mode, lp, it = _optax_lbfgs(log_prob, x0, max_iter, tol)
+    return mode, float(lp), int(it)
+
+
+@eqx.filter_jit  # log_prob an argument: a Hoisted density's data are inputs, not constants
+def _optax_lbfgs(log_prob, x0, max_iter, tol):
     opt = optax.lbfgs()
     f = lambda x: -log_prob(x)  # noqa: E731
-    value_and_grad = optax.value_and_grad_from_state(f)
+    value_and_grad_from_state = optax.value_and_grad_from_state(f)
 
     def cond(carry):
         x, state, i, best, best_f = carry
@@ -107,7 +118,7 @@ def _find_mode_optax(log_prob, x0, max_iter: int = 1000, tol: float = 1e-6):
 
     def body(carry):
         x, state, i, best, best_f = carry
-        value, grad = value_and_grad(x, state=state)
+        value, grad = value_and_grad_from_state(x, state=state)
         updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=f)
         x_new = optax.apply_updates(x, updates)
         fx = f(x_new)
@@ -119,15 +130,23 @@ def _find_mode_optax(log_prob, x0, max_iter: int = 1000, tol: float = 1e-6):
         i = jnp.where(ok, i + 1, max_iter)
         return x_new, state, i, best, best_f
 
-    @jax.jit
-    def run(x0):
-        state = opt.init(x0)
-        carry = (x0, state, jnp.asarray(0), x0, f(x0))
-        _, _, i, best, best_f = jax.lax.while_loop(cond, body, carry)
-        return best, -best_f, i
+    state = opt.init(x0)
+    carry = (x0, state, jnp.asarray(0), x0, f(x0))
+    _, _, i, best, best_f = jax.lax.while_loop(cond, body, carry)
+    return best, -best_f, i
 
-    mode, lp, it = run(x0)
-    return mode, float(lp), int(it)
+
+@filter_once
+def hessian(log_prob, x):
+    """The Hessian of ``log_prob`` at ``x`` (a program compiled for one run; ``log_prob``
+    is an argument, so a :class:`~flowpost._jit.Hoisted` density's data are inputs)."""
+    return jax.hessian(log_prob)(x)
+
+
+@filter_once
+def value_and_grad(log_prob, x):
+    """``(log_prob(x), its gradient)``, as :func:`hessian`."""
+    return jax.value_and_grad(log_prob)(x)
 
 
 def laplace(log_prob, dim: int, x0=None, max_iter: int = 1000, max_sd: float = 100.0) -> Laplace:
@@ -156,7 +175,7 @@ def laplace(log_prob, dim: int, x0=None, max_iter: int = 1000, max_sd: float = 1
             it,
             "mode; unit scale (dimension too large for a dense Hessian)" + capped,
         )
-    h = np.asarray(once(jax.hessian(log_prob))(mode), dtype=np.float64)
+    h = np.asarray(hessian(log_prob, mode), dtype=np.float64)
     if not np.all(np.isfinite(h)):
         return Laplace(mode, jnp.eye(dim, dtype=x0.dtype), lp, it, "mode; Hessian not finite, unit scale" + capped)
     prec = -(h + h.T) / 2

@@ -32,7 +32,10 @@ import functools
 import inspect
 import math
 import numbers
+from collections.abc import Callable
+from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -304,33 +307,51 @@ def reject_nan(log_prob):
         the same signature; jit-, vmap- and grad-able (first and second order).
     """
 
-    def value_and_grad(u):
-        v, g = jax.value_and_grad(log_prob)(u)
+    # a log density that carries its data as pytree leaves (flowpost._jit.Hoisted) keeps
+    # them as traced inputs of the rules below: closed over, they would be compiled into
+    # every program that differentiates it
+    data, static = eqx.partition(log_prob, eqx.is_array)
+
+    def lp(d, u):
+        return eqx.combine(d, static)(u)
+
+    def value_and_grad(d, u):
+        v, g = jax.value_and_grad(lp, argnums=1)(d, u)
         return jnp.where(jnp.isnan(v), -jnp.inf, v), jnp.where(jnp.isfinite(v), g, jnp.zeros_like(g))
 
     @jax.custom_jvp
-    def safe_value_and_grad(u):
-        return value_and_grad(u)
+    def safe_value_and_grad(d, u):
+        return value_and_grad(d, u)
 
     @safe_value_and_grad.defjvp
-    def _(primals, tangents):
-        (u,), (du,) = primals, tangents
-        v, g = value_and_grad(u)
-        hv = _hvp(log_prob, u, du)
+    def _(primals, tangents):  # the data's tangents are zero: nothing differentiates them
+        (d, u), (_, du) = primals, tangents
+        v, g = value_and_grad(d, u)
+        hv = _hvp(lambda x: lp(d, x), u, du)
         return (v, g), (jnp.vdot(g, du), jnp.where(jnp.isfinite(v), hv, jnp.zeros_like(hv)))
 
     @jax.custom_jvp
-    def safe(u):
-        v = log_prob(u)
+    def safe(d, u):
+        v = lp(d, u)
         return jnp.where(jnp.isnan(v), -jnp.inf, v)
 
     @safe.defjvp
     def _(primals, tangents):
-        (u,), (du,) = primals, tangents
-        v, g = safe_value_and_grad(u)
+        (d, u), (_, du) = primals, tangents
+        v, g = safe_value_and_grad(d, u)
         return v, jnp.vdot(g, du)
 
-    return safe
+    return _WithData(data, safe)
+
+
+class _WithData(eqx.Module):
+    """``fn(data, u)`` as a function of ``u``, with ``data`` as pytree leaves."""
+
+    data: Any
+    fn: Callable = eqx.field(static=True)
+
+    def __call__(self, u):
+        return self.fn(self.data, u)
 
 
 def nonfinite_sites(target, u) -> str:

@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import check_ints
-from .._jit import once
+from .init import hessian as hessian_at
+from .init import value_and_grad
 
 Array = jax.Array
 
@@ -90,8 +91,8 @@ def taylor_estimator(rows: Rows, log_prob, mode, hessian: bool = True):
     Per batch, :func:`batch_terms` gives ``L_B(m)``, its gradient and, for a batch shared
     by many draws, its Hessian (``dim`` Hessian-vector products, once per step)."""
     mode = jnp.asarray(mode)
-    value, grad = once(jax.value_and_grad(log_prob))(mode)  # one program, not one per op
-    full_hess = once(jax.hessian(log_prob))(mode) if hessian else None
+    value, grad = value_and_grad(log_prob, mode)  # one program, not one per op
+    full_hess = hessian_at(log_prob, mode) if hessian else None
 
     def batch_terms(idx):
         """``(L_B(m), grad L_B(m), Hessian of L_B at m or None)`` for the batch ``idx``."""
