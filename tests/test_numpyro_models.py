@@ -34,10 +34,10 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.reparam import LocScaleReparam, TransformReparam
 
 import flowpost as fp
+from flowpost.engine import Status
 from flowpost.vi.target import flatten_draws
 
 FLAT = dist.ImproperUniform
-STEPS = 1000  # a fixed budget (every other option at its default): the file's run time is known
 BAR_Z, BAR_SD, BAR_KHAT = 0.2, 0.2, 0.7
 
 
@@ -266,8 +266,8 @@ def compare(draws, ref):
 def test_model_matches_nuts(name):
     model, args = DATA[name]
     target = fp.targets.from_numpyro(model, *args)
-    r = fp.fit(target, steps=STEPS, key=jax.random.key(0), progress=False)
-    assert r.message == "completed", r.message
+    r = fp.fit(target, key=jax.random.key(0), progress=False)  # every default: the automatic budget
+    assert r.status in (Status.EARLY_STOP, Status.COMPLETED), r.message
     draws = flatten_draws(r.sample(jax.random.key(2), 4000))
     d = r.diagnostics()
     err = compare(draws, nuts_draws(REFERENCE.get(name, model), args))

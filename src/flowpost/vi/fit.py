@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -278,7 +279,7 @@ def fit(
         if estimate is None:
             return obj(combine(params, batch[0]), _sharded(jax.vmap(batch[1]), mesh), key, num_samples)
         k_rows, key = jax.random.split(key)  # one batch of rows per step, shared by its draws
-        batch_p = _sharded(batch_log_p(target.rows, estimate, k_rows), mesh)
+        batch_p = _sharded(batch_log_p(target.rows, batch[2], k_rows), mesh)
         return obj(combine(params, batch[0]), batch_p, key, num_samples)
 
     chunks = engine.runner(engine.scan_chunks, engine.make_step(loss_fn, optimizer))
@@ -287,7 +288,7 @@ def fit(
         out = _run(
             chunks,
             FitState.init(params, optimizer, k_run),
-            (rest, log_prob),
+            (rest, log_prob, estimate),
             steps,
             chunk,
             tol,
@@ -313,7 +314,7 @@ def fit(
             out = _run(
                 chunks,
                 FitState.init(params, optimizer, k_run),
-                (rest, log_prob),
+                (rest, log_prob, estimate),
                 steps,
                 chunk,
                 tol,
@@ -355,13 +356,22 @@ def _pilot_log_p(target: Target, log_prob, estimate):
     idx = Rows({k: (n, min(n, 10 * b)) for k, (n, b) in rows.sizes.items()}, rows.log_prob_batch).draw(
         fast_key(jax.random.key(0))
     )
+    pilot = eqx.tree_at(lambda e: e.log_prob_batch, estimate, _hoist_rows(target, idx))  # its batches' shapes
+    return lambda u: _pilot_batch(pilot, idx, u)
 
-    @filter_once
-    def log_p(u):
-        terms = estimate.batch_terms(idx)
-        return jax.vmap(lambda v: estimate(v, idx, terms))(u)
 
-    return log_p
+@filter_once
+def _pilot_batch(estimate, idx, u):
+    terms = estimate.batch_terms(idx)
+    return jax.vmap(lambda v: estimate(v, idx, terms))(u)
+
+
+def _hoist_rows(target: Target, idx):
+    """``target.rows.log_prob_batch`` (cast to ``u``'s dtype) traced for batches shaped as
+    ``idx``, with the data as inputs (:func:`flowpost._jit.hoist`)."""
+    u = jax.ShapeDtypeStruct((target.dim,), jnp.zeros(()).dtype)
+    spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in idx.items()}
+    return hoist(lambda v, i: jnp.asarray(target.rows.log_prob_batch(v, i)).astype(v.dtype), u, spec)
 
 
 def _sharded(log_p, mesh):
@@ -384,8 +394,8 @@ def _control_variate(target: Target, log_prob, start, subsample):
         )
     mode = start.mode if start is not None else find_mode(log_prob, jnp.zeros(target.dim))[0]
     rows = target.rows
-    cast = Rows(rows.sizes, lambda u, idx: jnp.asarray(rows.log_prob_batch(u, idx)).astype(u.dtype))
-    return taylor_estimator(cast, log_prob, mode, hessian=target.dim <= MAX_DENSE_DIM)
+    hoisted = Rows(rows.sizes, _hoist_rows(target, jax.eval_shape(rows.draw, jax.random.key(0))))
+    return taylor_estimator(hoisted, log_prob, mode, hessian=target.dim <= MAX_DENSE_DIM)
 
 
 def _run(chunks, state, data, steps, chunk, tol, bar, auto=None, draw=None, mesh=None):
@@ -393,8 +403,8 @@ def _run(chunks, state, data, steps, chunk, tol, bar, auto=None, draw=None, mesh
     less than ``tol`` from the chunk before (after at least 5 chunks); and in the automatic
     mode the rule of :mod:`~flowpost.vi.stopping` (``auto``, a :class:`~.stopping.Rule`),
     checked on a pilot ``draw(params, rest, key)`` of the current ``q`` at each round's end.
-    ``data``: ``(rest, log_prob)``, q's frozen arrays and the hoisted density, passed to
-    every chunk as traced inputs."""
+    ``data``: ``(rest, log_prob, estimate)``, q's frozen arrays, the hoisted density and
+    the control-variate estimate (or None), passed to every chunk as traced inputs."""
     rest = data[0]
     prev = []
 

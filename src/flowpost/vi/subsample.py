@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -80,49 +81,68 @@ class Rows:
         return max(b / n for n, b in self.sizes.values())
 
 
-def taylor_estimator(rows: Rows, log_prob, mode, hessian: bool = True):
-    """``estimate(u (dim,), idx) -> scalar``: the control-variate estimate of the full log
-    density ``log_prob`` at ``u`` from the batch ``idx`` (module docstring).
+class Taylor(eqx.Module):
+    """The control-variate estimate of the full log density (module docstring):
+    ``estimate(u (dim,), idx, terms=None) -> scalar``. Its arrays (the mode, the
+    full-data value, gradient and Hessian there, and the data of a hoisted
+    ``log_prob_batch``) are pytree leaves, so a program that takes it as an argument
+    gets them as inputs. Built by :func:`taylor_estimator`."""
+
+    log_prob_batch: Callable
+    mode: Array
+    value: Array
+    grad: Array
+    hess: Array | None
+
+    def batch_terms(self, idx):
+        """``(L_B(m), grad L_B(m), Hessian of L_B at m or None)`` for the batch ``idx``."""
+        f = lambda v: self.log_prob_batch(v, idx)  # noqa: E731
+        v, g = jax.value_and_grad(f)(self.mode)
+        return v, g, (None if self.hess is None else jax.hessian(f)(self.mode))
+
+    def __call__(self, u, idx, terms=None):
+        v_b, g_b, h_b = self.batch_terms(idx) if terms is None else terms
+        d = u - self.mode
+        taylor = self.value + self.grad @ d
+        taylor_b = v_b + g_b @ d
+        if self.hess is not None:
+            taylor = taylor + 0.5 * d @ (self.hess @ d)
+            taylor_b = taylor_b + 0.5 * d @ (h_b @ d)
+        return taylor + (self.log_prob_batch(u, idx) - taylor_b)
+
+
+def taylor_estimator(rows: Rows, log_prob, mode, hessian: bool = True) -> Taylor:
+    """The control-variate estimate (a :class:`Taylor`) of the full log density
+    ``log_prob`` from batches of ``rows``, expanded about ``mode``.
 
     The full-data value, gradient and (with ``hessian``) Hessian at ``mode`` are computed
     here, once. Without ``hessian`` (very large ``dim``), the first-order control variate
     (Baker et al. 2019): the variance then falls as ``1/B`` instead of ``1/(B N)``.
 
-    Per batch, :func:`batch_terms` gives ``L_B(m)``, its gradient and, for a batch shared
-    by many draws, its Hessian (``dim`` Hessian-vector products, once per step)."""
+    Per batch, :meth:`Taylor.batch_terms` gives ``L_B(m)``, its gradient and, for a batch
+    shared by many draws, its Hessian (``dim`` Hessian-vector products, once per step)."""
     mode = jnp.asarray(mode)
     value, grad = value_and_grad(log_prob, mode)  # one program, not one per op
-    full_hess = hessian_at(log_prob, mode) if hessian else None
-
-    def batch_terms(idx):
-        """``(L_B(m), grad L_B(m), Hessian of L_B at m or None)`` for the batch ``idx``."""
-        f = lambda v: rows.log_prob_batch(v, idx)  # noqa: E731
-        v, g = jax.value_and_grad(f)(mode)
-        return v, g, (jax.hessian(f)(mode) if hessian else None)
-
-    def estimate(u, idx, terms=None):
-        v_b, g_b, h_b = batch_terms(idx) if terms is None else terms
-        d = u - mode
-        taylor = value + grad @ d
-        taylor_b = v_b + g_b @ d
-        if hessian:
-            taylor = taylor + 0.5 * d @ (full_hess @ d)
-            taylor_b = taylor_b + 0.5 * d @ (h_b @ d)
-        return taylor + (rows.log_prob_batch(u, idx) - taylor_b)
-
-    estimate.batch_terms = batch_terms  # type: ignore[attr-defined]
-    return estimate
+    return Taylor(rows.log_prob_batch, mode, value, grad, hessian_at(log_prob, mode) if hessian else None)
 
 
-def naive_estimator(rows: Rows):
-    """The plain minibatch estimate ``L_B(u)`` in :func:`taylor_estimator`'s form (no
-    control variate): its variance grows as ``N^2 / B``; for comparison and tiny ``N``."""
+class Naive(eqx.Module):
+    """The plain minibatch estimate ``L_B(u)`` in :class:`Taylor`'s form."""
 
-    def estimate(u, idx, terms=None):
-        return rows.log_prob_batch(u, idx)
+    log_prob_batch: Callable
 
-    estimate.batch_terms = lambda idx: ()  # type: ignore[attr-defined]
-    return estimate
+    def batch_terms(self, idx):
+        """No terms: nothing to subtract."""
+        return ()
+
+    def __call__(self, u, idx, terms=None):
+        return self.log_prob_batch(u, idx)
+
+
+def naive_estimator(rows: Rows) -> Naive:
+    """The plain minibatch estimate ``L_B(u)`` (no control variate): its variance grows as
+    ``N^2 / B``; for comparison and tiny ``N``."""
+    return Naive(rows.log_prob_batch)
 
 
 def batch_log_p(rows: Rows, estimate, key):
