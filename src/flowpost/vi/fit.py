@@ -29,6 +29,7 @@ from ..engine import guard as freeze_nonfinite
 from . import families, objectives, stopping
 from .diagnostics import psis
 from .init import MAX_DENSE_DIM, find_mode, laplace, standard_start
+from .result import _batched_log_prob, _to_model
 from .subsample import Rows, batch_log_p, taylor_estimator
 from .target import Target
 
@@ -127,7 +128,7 @@ def _check_target(target, key):
     # compiled from it, not constants compiled into each (see flowpost._jit.Hoisted)
     raw = hoist(lambda v: jnp.asarray(target.log_prob(v)).astype(v.dtype), jax.ShapeDtypeStruct(u.shape, u.dtype))
     probe = jax.random.normal(key, (8, target.dim))
-    values = np.asarray(_batch(raw, jnp.concatenate([probe, u[None]])))  # one program
+    values = np.asarray(_batched_log_prob(raw, jnp.concatenate([probe, u[None]]), None))  # one program
     values, zero = values[:-1], float(values[-1])
     nan = np.isnan(np.append(values, zero))
     float32_fix = (
@@ -168,12 +169,6 @@ def _check_target(target, key):
             stacklevel=3,
         )
     return objectives.reject_nan(raw)  # carries raw's data as leaves, as raw does
-
-
-@filter_once
-def _batch(log_prob, u):
-    """``log_prob`` at each row of ``u (n, dim)``, compiled for a few runs (probes, pilots)."""
-    return jax.vmap(log_prob)(u)
 
 
 def fit(
@@ -284,8 +279,10 @@ def fit(
 
     chunks = engine.runner(engine.scan_chunks, engine.make_step(loss_fn, optimizer))
     bar = ProgressBar(steps, f"fit {target.name}", {"elbo": "ELBO"}, enabled=progress)
-    with bar:
-        out = _run(
+
+    def train(params, rest):  # a fresh state and stopping rule; the compiled chunks serve every start
+        auto = rule()
+        return _run(
             chunks,
             FitState.init(params, optimizer, k_run),
             (rest, log_prob, estimate),
@@ -293,10 +290,13 @@ def fit(
             chunk,
             tol,
             bar,
-            auto := rule(),
+            auto,
             draw,
             mesh,
-        )
+        ), auto
+
+    with bar:
+        out, auto = train(params, rest)
         if (
             out.status == Status.NONFINITE
             and out.done == 0
@@ -311,18 +311,7 @@ def fit(
             params, rest, _ = engine.partition(
                 families.make(family, target.dim, start.mode, start.chol, key=k_init), frozen=_is_frozen
             )
-            out = _run(
-                chunks,
-                FitState.init(params, optimizer, k_run),
-                (rest, log_prob, estimate),
-                steps,
-                chunk,
-                tol,
-                bar,
-                auto := rule(),
-                draw,
-                mesh,
-            )
+            out, auto = train(params, rest)
     message = _message(out, tol, chunk, auto)
     if out.status in (Status.NONFINITE, Status.INTERRUPTED):
         warnings.warn(f"fit: {message}", RuntimeWarning, stacklevel=2)
@@ -340,18 +329,13 @@ def fit(
     )
 
 
-@filter_once
-def _to_model(to_model, u):
-    return jax.vmap(to_model)(u)
-
-
 def _pilot_log_p(target: Target, log_prob, estimate):
     """``log p`` of the stopping rule's pilot draws, jitted over a batch: the full density,
     or for a subsampled target the control-variate estimate from one fixed draw of ten
     batches' worth of rows (its noise is far below the pilot's own; the full data would
     cost the pilot ``N`` row terms per draw). ``diagnostics()`` always uses the full data."""
     if estimate is None:
-        return lambda u: _batch(log_prob, u)
+        return lambda u: _batched_log_prob(log_prob, u, None)
     rows = target.rows
     idx = Rows({k: (n, min(n, 10 * b)) for k, (n, b) in rows.sizes.items()}, rows.log_prob_batch).draw(
         fast_key(jax.random.key(0))
