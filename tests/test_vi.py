@@ -36,7 +36,8 @@ def true_moments(target):
 @pytest.mark.parametrize("family", ["fullrank", "flow"])
 def test_family_converges_to_gaussian_from_standard_start(gauss, family):
     # init="standard": start at N(0, I), so the optimiser itself must find the answer
-    r = fp.fit(gauss, family=family, steps=3000, key=jax.random.key(0), init="standard", learning_rate=2e-2,
+    # (the flow is there in 1500 steps, worst mean error 0.005 sd; full-rank needs 3000)
+    r = fp.fit(gauss, family=family, steps={"fullrank": 3000, "flow": 1500}[family], key=jax.random.key(0), init="standard", learning_rate=2e-2,
                progress=False)
     m, c = moments(r)
     m0, c0 = gauss_exact(gauss)
@@ -139,12 +140,12 @@ def test_a_laplace_start_that_cannot_train_falls_back_to_standard():
     y = jnp.asarray((1 + 0.7 * rng.normal(size=20))[g] + rng.normal(size=60))
     target = fp.targets.from_numpyro(model, jnp.asarray(g), y)
     assert "iteration cap" in fp.vi.laplace(jax.jit(target.log_prob), target.dim).note
-    r = fp.fit(target, steps=2000, key=jax.random.key(0), progress=False)
-    assert r.message == "completed" and r.steps == 2000
+    r = fp.fit(target, steps=1000, key=jax.random.key(0), progress=False)
+    assert r.message == "completed" and r.steps == 1000
     assert r.start.note.startswith("N(0, I): the first step from the Laplace start was not finite")
     d = r.diagnostics()
     assert d["khat"] < 0.7 and d["start"] == r.start.note
-    mcmc = MCMC(NUTS(model), num_warmup=500, num_samples=2000, progress_bar=False)
+    mcmc = MCMC(NUTS(model), num_warmup=300, num_samples=1000, progress_bar=False)
     mcmc.run(jax.random.key(2), jnp.asarray(g), y)
     ref = mcmc.get_samples()
     draws = r.sample(jax.random.key(3), 4000)
