@@ -20,12 +20,8 @@ budget of that length would leave it, and it is checked (:func:`decide`):
    must be below 0.05 (posterior sd for a mean, log ratio for a sd), half the accuracy
    bar: the weighted estimate is itself biased where the weights' tail is heavy (a
    half-Cauchy scale: q's sd 0.062 in log from the corrected one, which was 0.07 from
-   the reference; with a bound of 0.1 that fit stopped 0.133 off). Where every gap is
-   within the bound and only the Monte Carlo error keeps it from being confirmed, the
-   pilot grows (4,000 draws, then 8,000, then 16,000: the same compiled sampler again)
-   before the check is given up for this round; with 4,000 draws the error alone (about
-   0.02 sd, twice it 0.04) left almost no room under 0.05, so fits whose moments agreed
-   to 0.02 ran to the cap. A pilot too noisy to confirm it even then does not stop the fit.
+   the reference; with a bound of 0.1 that fit stopped 0.133 off). A pilot too noisy to
+   confirm it (a low ESS) does not stop the fit.
 3. **ELBO plateau** (:func:`plateau`): the ELBO of the round's last quarter has not
    risen beyond its noise over the quarter before, and, from the second round on, the
    round improved on the previous round's end by less than :func:`elbo_delta` (0.05
@@ -71,9 +67,6 @@ MOMENT_BOUND = 0.05
 #: pilot draws at a round's end (the number :meth:`FitResult.diagnostics` uses, so the
 #: compiled sampler serves both)
 PILOT_DRAWS = 4000
-#: at most this many pilots (doubling: 1, 2, 4) at a round's end, drawn only while the
-#: moment check fails for the pilot's Monte Carlo error alone (``Check.noisy``)
-PILOT_ROUNDS = 4
 
 
 class Plan(NamedTuple):
@@ -200,9 +193,6 @@ class Check(NamedTuple):
     worst_mean_gap: float
     worst_sd_gap: float
     reason: str
-    #: the moments failed only for the pilot's Monte Carlo error (every gap alone is within
-    #: the bound): more pilot draws may confirm them
-    noisy: bool = False
 
 
 def decide(
@@ -232,8 +222,7 @@ def decide(
             ws,
             f"q's moments are not confirmed within {bound} of the PSIS-corrected ones "
             f"in {int((~agree).sum())} coordinate(s) (worst gaps {wm:.3f} sd in a mean, "
-            f"{ws:.3f} in a log sd; Monte Carlo errors up to {sm:.3f}, {ss:.3f}; pilot of {len(x)} draws)",
-            noisy=bool(moments_agree(gap, bound, z=0.0).all()),
+            f"{ws:.3f} in a log sd; Monte Carlo errors up to {sm:.3f}, {ss:.3f})",
         )
     if not flat:
         return Check(False, khat, wm, ws, why)
@@ -289,32 +278,23 @@ class Rule:
         while self._next < len(self.plan.ends) and done >= self.plan.ends[self._next]:
             self._next += 1
         elbo = np.concatenate(self.elbo)[self._round_start : done]
-        key = jax.random.fold_in(self.key, done)
-        parts = [draw(key)]
-        while True:
-            check = self._check(elbo, *(np.concatenate(p) for p in zip(*parts)))
-            if not check.noisy or len(parts) == PILOT_ROUNDS:
-                break
-            # only the pilot's Monte Carlo error stands between q and a stop: more draws (the
-            # same compiled sampler again) shrink it, where a next round would cost far more
-            parts += [draw(jax.random.fold_in(key, len(parts) + i)) for i in range(len(parts))]
-        self.checks.append((done, check))
-        q = max(len(elbo) // 4, 1)
-        self._previous_end, self._round_start = float(np.mean(elbo[-q:])), done
-        return check.stop
-
-    def _check(self, elbo, u, log_w) -> Check:
+        u, log_w = draw(jax.random.fold_in(self.key, done))
         finite = np.isfinite(log_w)
         if finite.mean() < 0.99:
-            return Check(
+            check = Check(
                 False,
                 float("inf"),
                 float("nan"),
                 float("nan"),
                 f"{int((~finite).sum())} of {len(log_w)} pilot draws have a non-finite weight",
             )
-        lw, khat = self.psis(log_w)
-        return decide(elbo, self._previous_end, u[finite], lw[finite], khat)
+        else:
+            lw, khat = self.psis(log_w)
+            check = decide(elbo, self._previous_end, u[finite], lw[finite], khat)
+        self.checks.append((done, check))
+        q = max(len(elbo) // 4, 1)
+        self._previous_end, self._round_start = float(np.mean(elbo[-q:])), done
+        return check.stop
 
     def summary(self) -> str:
         """The checks in words, for the fit's message."""
