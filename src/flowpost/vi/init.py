@@ -178,6 +178,9 @@ def laplace(log_prob, dim: int, x0=None, max_iter: int = 1000, max_sd: float = 1
     h = np.asarray(hessian(log_prob, mode), dtype=np.float64)
     if not np.all(np.isfinite(h)):
         return Laplace(mode, jnp.eye(dim, dtype=x0.dtype), lp, it, "mode; Hessian not finite, unit scale" + capped)
+    mode, lp, h, polished = _newton_polish(log_prob, mode, lp, h, max_sd)
+    if polished:
+        capped += f"; {polished} Newton step(s) from where L-BFGS stopped"
     prec = -(h + h.T) / 2
     evals, evecs = np.linalg.eigh(prec)
     floored = int(np.sum(evals < 1.0 / max_sd**2))
@@ -186,6 +189,48 @@ def laplace(log_prob, dim: int, x0=None, max_iter: int = 1000, max_sd: float = 1
     chol = np.linalg.cholesky((cov + cov.T) / 2 + 1e-12 * np.eye(dim) * np.max(np.diag(cov)))
     note = "mode + Laplace covariance" + (f" ({floored} flat/non-concave directions floored)" if floored else "")
     return Laplace(mode, jnp.asarray(chol, dtype=x0.dtype), lp, it, note + capped)
+
+
+def _newton_steps(g: np.ndarray, h: np.ndarray, max_sd: float) -> np.ndarray:
+    """The saddle-free Newton step ``|H|^-1 g`` (eigenvalues by absolute value, floored at
+    ``1 / max_sd^2``), toward the mode from a point with gradient ``g`` and Hessian ``h``."""
+    evals, evecs = np.linalg.eigh(-(h + h.T) / 2)
+    return evecs @ ((evecs.T @ g) / np.maximum(np.abs(evals), 1.0 / max_sd**2))
+
+
+def _newton_polish(log_prob, mode, lp, h, max_sd: float, max_steps: int = 8):
+    """Newton steps from where L-BFGS stopped, while the Newton decrement ``g |H|^-1 g``
+    (about twice the log density still to gain) exceeds 1e-4; the point kept is the one
+    with the smallest decrement where the Hessian is concave (else the start).
+
+    L-BFGS judges its line searches by the log density's value, which a float32 sum over
+    many data rows resolves only to ``eps |f|``: at 10^5 rows of a hierarchical regression
+    (|f| ~ 2e5) it stopped 13 nats below the mode, gradient norm 30, its Hessian there
+    non-concave in the group scale, and 43% of the Laplace draws had no finite density.
+    Newton steps use only the gradient and Hessian, whose round-off does not grow with
+    ``|f|``: five steps reached decrement 1e-3. Where L-BFGS found the mode the first
+    decrement is below 1e-4 and nothing is done. Returns ``(mode, log_prob(mode), the
+    Hessian there, steps taken)``."""
+    x = np.asarray(mode, np.float64)
+    neg_v, g = _neg_value_and_grad(log_prob, mode)  # the mode search's compiled program
+    g = -np.asarray(g, np.float64)
+    best = (float(g @ _newton_steps(g, h, max_sd)), mode, lp, h, 0)
+    if not np.isfinite(best[0]) or best[0] < 1e-4:
+        return mode, lp, h, 0
+    for k in range(1, max_steps + 1):
+        x = x + _newton_steps(g, h, max_sd)
+        x_j = jnp.asarray(x, mode.dtype)
+        neg_v, g = _neg_value_and_grad(log_prob, x_j)
+        h = np.asarray(hessian(log_prob, x_j), np.float64)
+        g = -np.asarray(g, np.float64)
+        if not (np.isfinite(float(neg_v)) and np.all(np.isfinite(g)) and np.all(np.isfinite(h))):
+            break
+        dec = float(g @ _newton_steps(g, h, max_sd))
+        if dec < best[0] and np.all(np.linalg.eigvalsh(-(h + h.T) / 2) > 0):
+            best = (dec, x_j, -float(neg_v), h, k)
+        if dec < 1e-4:
+            break
+    return best[1], best[2], best[3], best[4]
 
 
 def standard_start(start: Laplace) -> Laplace:
