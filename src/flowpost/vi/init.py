@@ -208,7 +208,7 @@ def _newton_polish(log_prob, mode, lp, h, max_sd: float, max_steps: int = 8):
     (|f| ~ 2e5) it stopped 13 nats below the mode, gradient norm 30, its Hessian there
     non-concave in the group scale, and 43% of the Laplace draws had no finite density.
     Newton steps use only the gradient and Hessian, whose round-off does not grow with
-    ``|f|``: five steps reached decrement 1e-3. Where L-BFGS found the mode the first
+    ``|f|``: six steps reached gradient norm 0.005. Where L-BFGS found the mode the first
     decrement is below 1e-4 and nothing is done. Returns ``(mode, log_prob(mode), the
     Hessian there, steps taken)``."""
     x = np.asarray(mode, np.float64)
