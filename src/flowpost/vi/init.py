@@ -179,7 +179,7 @@ def laplace(log_prob, dim: int, x0=None, max_iter: int = 1000, max_sd: float = 1
     if not np.all(np.isfinite(h)):
         return Laplace(mode, jnp.eye(dim, dtype=x0.dtype), lp, it, "mode; Hessian not finite, unit scale" + capped)
     mode, lp, h, polished = _newton_polish(log_prob, mode, lp, h, max_sd)
-    if polished:
+    if polished:  # appended to the mode search's own remark, as the cap's is
         capped += f"; {polished} Newton step(s) from where L-BFGS stopped"
     prec = -(h + h.T) / 2
     evals, evecs = np.linalg.eigh(prec)
@@ -191,11 +191,12 @@ def laplace(log_prob, dim: int, x0=None, max_iter: int = 1000, max_sd: float = 1
     return Laplace(mode, jnp.asarray(chol, dtype=x0.dtype), lp, it, note + capped)
 
 
-def _newton_steps(g: np.ndarray, h: np.ndarray, max_sd: float) -> np.ndarray:
+def _newton_step(g: np.ndarray, h: np.ndarray, max_sd: float) -> tuple[np.ndarray, np.ndarray]:
     """The saddle-free Newton step ``|H|^-1 g`` (eigenvalues by absolute value, floored at
-    ``1 / max_sd^2``), toward the mode from a point with gradient ``g`` and Hessian ``h``."""
+    ``1 / max_sd^2``), toward the mode from a point with gradient ``g`` and Hessian ``h``;
+    and the eigenvalues of ``-H`` (all positive where ``h`` is concave)."""
     evals, evecs = np.linalg.eigh(-(h + h.T) / 2)
-    return evecs @ ((evecs.T @ g) / np.maximum(np.abs(evals), 1.0 / max_sd**2))
+    return evecs @ ((evecs.T @ g) / np.maximum(np.abs(evals), 1.0 / max_sd**2)), evals
 
 
 def _newton_polish(log_prob, mode, lp, h, max_sd: float, max_steps: int = 8):
@@ -211,22 +212,25 @@ def _newton_polish(log_prob, mode, lp, h, max_sd: float, max_steps: int = 8):
     ``|f|``: six steps reached gradient norm 0.005. Where L-BFGS found the mode the first
     decrement is below 1e-4 and nothing is done. Returns ``(mode, log_prob(mode), the
     Hessian there, steps taken)``."""
-    x = np.asarray(mode, np.float64)
     neg_v, g = _neg_value_and_grad(log_prob, mode)  # the mode search's compiled program
     g = -np.asarray(g, np.float64)
-    best = (float(g @ _newton_steps(g, h, max_sd)), mode, lp, h, 0)
-    if not np.isfinite(best[0]) or best[0] < 1e-4:
+    step, _ = _newton_step(g, h, max_sd)
+    dec = float(g @ step)
+    if not np.isfinite(dec) or dec < 1e-4:
         return mode, lp, h, 0
+    best = (dec, mode, lp, h, 0)
+    x = np.asarray(mode, np.float64)
     for k in range(1, max_steps + 1):
-        x = x + _newton_steps(g, h, max_sd)
+        x = x + step
         x_j = jnp.asarray(x, mode.dtype)
         neg_v, g = _neg_value_and_grad(log_prob, x_j)
         h = np.asarray(hessian(log_prob, x_j), np.float64)
         g = -np.asarray(g, np.float64)
         if not (np.isfinite(float(neg_v)) and np.all(np.isfinite(g)) and np.all(np.isfinite(h))):
             break
-        dec = float(g @ _newton_steps(g, h, max_sd))
-        if dec < best[0] and np.all(np.linalg.eigvalsh(-(h + h.T) / 2) > 0):
+        step, evals = _newton_step(g, h, max_sd)  # this point's decrement and the next step
+        dec = float(g @ step)
+        if dec < best[0] and np.all(evals > 0):
             best = (dec, x_j, -float(neg_v), h, k)
         if dec < 1e-4:
             break
