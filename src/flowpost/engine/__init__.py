@@ -23,7 +23,7 @@ from .loop import (
     scan_chunks,
     vmapped,
 )
-from .optim import as_key, default_optimizer, fast_key
+from .optim import as_key, default_optimizer, fast_key, fold_in_on_host, numpy_rng, split_on_host
 from .progress import ProgressBar
 
 __all__ = [
@@ -47,4 +47,7 @@ __all__ = [
     "default_optimizer",
     "as_key",
     "fast_key",
+    "fold_in_on_host",
+    "numpy_rng",
+    "split_on_host",
 ]

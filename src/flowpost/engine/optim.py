@@ -58,3 +58,32 @@ def fast_key(key, who: str = "fit"):
         d = np.asarray(data, np.uint32)
         words = jnp.asarray(np.concatenate([d[:2], d[:2] ^ _MIX]) if d.size < 4 else d[:4])
     return jax.random.wrap_key_data(words, impl="unsafe_rbg")
+
+
+def _words(key) -> list[int]:
+    return [int(w) for w in np.asarray(jax.random.key_data(key), np.uint32).ravel()]
+
+
+def split_on_host(key, num: int = 2) -> list:
+    """``num`` independent ``unsafe_rbg`` keys derived from a concrete ``key`` on the host,
+    by NumPy's ``SeedSequence`` over the key's words: nothing is compiled. (An eager
+    ``jax.random.split`` of an ``unsafe_rbg`` key compiles an RngBitGenerator program, about
+    0.1 s on a CPU for each new shape; a fit used to pay that three times before training.)
+    A traced key is split by :func:`jax.random.split`."""
+    if isinstance(key, jax.core.Tracer):
+        return list(jax.random.split(fast_key(key), num))
+    children = np.random.SeedSequence(_words(key)).spawn(num)
+    return [jax.random.wrap_key_data(jnp.asarray(c.generate_state(4)), impl="unsafe_rbg") for c in children]
+
+
+def fold_in_on_host(key, data: int):
+    """An ``unsafe_rbg`` key for ``(key, data)``, as :func:`split_on_host` (no compilation);
+    the same ``key`` and ``data`` give the same key."""
+    seq = np.random.SeedSequence([*_words(key), int(data) & 0xFFFFFFFF])
+    return jax.random.wrap_key_data(jnp.asarray(seq.generate_state(4)), impl="unsafe_rbg")
+
+
+def numpy_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by a concrete ``key``, for draws made once on the host
+    (e.g. a handful of probe points), which would otherwise compile a sampler."""
+    return np.random.default_rng(np.random.SeedSequence(_words(key)))

@@ -141,19 +141,23 @@ class TriangularAffine(Bijection):
 
     def __init__(self, dim, loc=None, scale=None, chol=None):
         self.dim, self.cond_dim = dim, None
-        self.loc = jnp.zeros((dim,)) if loc is None else jnp.asarray(loc, float)
+        # concrete inputs are prepared in NumPy (each eager jnp op compiles a program)
+        traced = any(isinstance(a, jax.core.Tracer) for a in (loc, scale, chol))
+        xp, dtype = (jnp, float) if traced else (np, np.float64)
+        self.loc = jnp.asarray(xp.zeros((dim,)) if loc is None else xp.asarray(loc, dtype), float)
         if chol is not None:
-            chol = jnp.asarray(chol, float)
-            diag, self.off_diag = jnp.diag(chol), jnp.tril(chol, -1)
+            chol = xp.asarray(chol, dtype)
+            diag, off_diag = xp.diag(chol), xp.tril(chol, -1)
         else:
-            diag = jnp.ones((dim,)) if scale is None else jnp.broadcast_to(jnp.asarray(scale, float), (dim,))
-            self.off_diag = jnp.zeros((dim, dim))
-        if not isinstance(diag, jax.core.Tracer) and not bool(jnp.all(diag > 0)):
+            diag = xp.ones((dim,)) if scale is None else xp.broadcast_to(xp.asarray(scale, dtype), (dim,))
+            off_diag = xp.zeros((dim, dim))
+        if not traced and not bool(np.all(diag > 0)):
             raise ValueError(
                 f"TriangularAffine: the {'diagonal of `chol`' if chol is not None else '`scale`'} "
                 f"must be positive (a Cholesky factor's diagonal), got {diag}"
             )
-        self.raw_diag = diag + jnp.log(-jnp.expm1(-diag))  # softplus^{-1}
+        self.off_diag = jnp.asarray(off_diag, float)
+        self.raw_diag = jnp.asarray(diag + xp.log(-xp.expm1(-diag)), float)  # softplus^{-1}
 
     @property
     def chol(self) -> jax.Array:

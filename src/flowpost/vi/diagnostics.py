@@ -171,9 +171,9 @@ def trust(result, u, log_w, khat: float, notes: list) -> dict[str, Any]:
     from .target import flatten_draws
 
     finite = np.isfinite(log_w)
-    flat = flatten_draws(result.constrain(u[np.asarray(finite)]))
+    flat = flatten_draws(result.constrain(u))  # all n draws: the program the pilot compiled for n
     names = list(flat)
-    x = np.stack([np.asarray(flat[k], np.float64) for k in names], 1)
+    x = np.stack([np.asarray(flat[k], np.float64) for k in names], 1)[finite]
     lw, _ = psis(log_w[finite])
     gap = moment_gap(x, lw)
     with np.errstate(invalid="ignore"):

@@ -23,7 +23,7 @@ from .. import engine
 from .. import flows as F
 from .._checks import as_ints, check_positive
 from .._jit import filter_once, hoist
-from ..engine import ProgressBar, Status, default_optimizer, fast_key
+from ..engine import ProgressBar, Status, default_optimizer, fast_key, numpy_rng, split_on_host
 from ..engine import TrainState as FitState
 from ..engine import guard as freeze_nonfinite
 from . import families, objectives, stopping
@@ -127,7 +127,7 @@ def _check_target(target, key):
     # traced once, with the arrays it closes over (the data) as inputs of every program
     # compiled from it, not constants compiled into each (see flowpost._jit.Hoisted)
     raw = hoist(lambda v: jnp.asarray(target.log_prob(v)).astype(v.dtype), jax.ShapeDtypeStruct(u.shape, u.dtype))
-    probe = jax.random.normal(key, (8, target.dim))
+    probe = jnp.asarray(numpy_rng(key).standard_normal((8, target.dim)), u.dtype)  # no sampler compiled
     values = np.asarray(_batched_log_prob(raw, jnp.concatenate([probe, u[None]]), None))  # one program
     values, zero = values[:-1], float(values[-1])
     nan = np.isnan(np.append(values, zero))
@@ -240,7 +240,7 @@ def fit(
         check_positive("fit", tol=tol)
     if init not in ("laplace", "standard"):
         raise ValueError(f"fit: `init` must be 'laplace' or 'standard', got {init!r}")
-    k_check, k_init, k_run = jax.random.split(key, 3)
+    k_check, k_init, k_run, k_rule = split_on_host(key, 4)  # nothing compiled for them
     log_prob = _check_target(target, k_check)
     obj = objectives.get(objective, **(objective_options or {}))
 
@@ -256,7 +256,7 @@ def fit(
     optimizer = optimizer or (
         stopping.optimizer(learning_rate) if plan.automatic else default_optimizer(steps, learning_rate)
     )
-    rule = (lambda: stopping.Rule(plan, psis, jax.random.fold_in(k_run, 1))) if plan.automatic else lambda: None
+    rule = (lambda: stopping.Rule(plan, psis, k_rule)) if plan.automatic else lambda: None
     params, rest, combine = engine.partition(q, frozen=_is_frozen)
     mesh = engine.devices.mesh(devices, "fit")
     engine.devices.check_divisible(mesh, num_samples, "`num_samples`")

@@ -83,7 +83,7 @@ class FitResult:
     def log_weights(self, key, n: int) -> tuple[jax.Array, np.ndarray]:
         """Draws ``u (n, dim)`` and their log importance weights ``log p(u) - log q(u)``."""
         u, lp, lq = self.log_densities(key, n)
-        return u, np.asarray(lp - lq, dtype=np.float64)
+        return u, np.asarray(lp, np.float64) - np.asarray(lq, np.float64)  # on the host: no program
 
     # -- diagnostics --------------------------------------------------------------------
     def diagnostics(self, key=None, n: int = 4000) -> dict[str, Any]:

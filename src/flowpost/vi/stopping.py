@@ -56,6 +56,8 @@ import jax
 import numpy as np
 import optax
 
+from ..engine import fold_in_on_host
+
 #: lengths of the warm-restart rounds of the automatic mode (their sum is the cap)
 ROUNDS = (200, 400, 800, 1600)
 #: draws per step in the automatic mode / with a user's fixed ``steps``
@@ -249,7 +251,7 @@ def pilot(q, log_p, key, n: int = PILOT_DRAWS, to_model=None) -> tuple[np.ndarra
     from .result import _sample
 
     u, log_q = _sample(q, key, n)
-    log_w = np.asarray(log_p(u) - log_q, np.float64)
+    log_w = np.asarray(log_p(u), np.float64) - np.asarray(log_q, np.float64)  # on the host: no program
     if to_model is None:
         return np.asarray(u, np.float64), log_w
     x = [np.asarray(v, np.float64).reshape(n, -1) for v in to_model(u).values()]
@@ -278,7 +280,7 @@ class Rule:
         while self._next < len(self.plan.ends) and done >= self.plan.ends[self._next]:
             self._next += 1
         elbo = np.concatenate(self.elbo)[self._round_start : done]
-        u, log_w = draw(jax.random.fold_in(self.key, done))
+        u, log_w = draw(fold_in_on_host(self.key, done))
         finite = np.isfinite(log_w)
         if finite.mean() < 0.99:
             check = Check(
