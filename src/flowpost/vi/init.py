@@ -82,8 +82,8 @@ def find_mode(log_prob, x0, max_iter: int = 1000, tol: float = 1e-6):
     return x, -best["f"], int(res.nit)
 
 
-@eqx.filter_jit  # log_prob an argument: a Hoisted density's data are inputs, not constants
-def _neg_value_and_grad(log_prob, x):
+@filter_once  # log_prob an argument (a Hoisted density's data are inputs); a small program
+def _neg_value_and_grad(log_prob, x):  # called tens of times: compiling it fast pays (flowpost._jit)
     return jax.value_and_grad(lambda v: -log_prob(v))(x)
 
 
