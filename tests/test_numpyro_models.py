@@ -241,7 +241,7 @@ DATA = _data()
 
 
 def nuts_draws(model, args):
-    """1000 NUTS draws (500 warm-up), flattened: flat name -> (1000,)."""
+    """800 NUTS draws (400 warm-up), flattened: flat name -> (800,)."""
     mcmc = MCMC(NUTS(model), num_warmup=400, num_samples=800, progress_bar=False)
     mcmc.run(jax.random.key(1), *args)
     return flatten_draws(mcmc.get_samples())

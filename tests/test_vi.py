@@ -139,7 +139,8 @@ def test_a_laplace_start_that_cannot_train_falls_back_to_standard():
     g = np.repeat(np.arange(20), 3)
     y = jnp.asarray((1 + 0.7 * rng.normal(size=20))[g] + rng.normal(size=60))
     target = fp.targets.from_numpyro(model, jnp.asarray(g), y)
-    r = fp.fit(target, steps=1000, key=jax.random.key(0), progress=False)
+    # 128 draws a step (measured: |z| .03, |log sd| .04, k-hat .44; 256 draws took 40% longer for the same)
+    r = fp.fit(target, steps=1000, num_samples=128, key=jax.random.key(0), progress=False)
     assert r.message == "completed" and r.steps == 1000
     assert r.start.note.startswith("N(0, I): the first step from the Laplace start was not finite")
     assert "iteration cap" in r.start.note  # the Laplace start's own note: L-BFGS ran down the neck
