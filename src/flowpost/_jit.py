@@ -9,7 +9,12 @@ several times faster and runs somewhat slower, which for a program run once is a
 gain. XLA's newer CPU fusion emitters (``xla_cpu_use_fusion_emitters``) are turned off
 for these programs too: the older emitters compile them faster still (a default fit of
 a small posterior 0.35-0.6 s sooner in all). Measurements: ``docs/time-to-accuracy.md``.
-Other backends keep XLA's defaults.
+
+A program that runs once but does much work (the diagnostics' log density of 4000 draws
+over 10^5 data rows) is the exception: at level 0 its loops are not vectorised, and that
+one took 20 s to run instead of 2.7 s. XLA's cost analysis of the lowered program decides:
+above :data:`HEAVY_FLOPS` it compiles with XLA's defaults. Other backends keep XLA's
+defaults always.
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ import functools
 import equinox as eqx
 import jax
 
-__all__ = ["once", "filter_once"]
+__all__ = ["filter_once", "hoist", "Hoisted"]
+
+#: above this many floating-point operations (XLA's cost analysis, loop bodies counted
+#: once) a program is compiled with XLA's defaults: its run time outweighs the compile
+#: time saved. A 4000-draw pilot of the default flow is about 2e7; the diagnostics'
+#: log density over 10^5 logistic-regression rows, 4e8 per group of 100 draws.
+HEAVY_FLOPS = 1e8
 
 
 @functools.cache
@@ -27,20 +38,6 @@ def _options() -> dict | None:
     if jax.default_backend() != "cpu":
         return None
     return {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def once(fun, **jit_kwargs):
-    """``jax.jit(fun)`` compiled for a program that runs once or a few times (see the
-    module text); the same function, arguments and results. Called with traced
-    arguments (inside another ``jit``, ``vmap`` or ``grad``), it is ``fun`` itself, traced
-    into the caller's program (XLA takes compiler options only for a whole program)."""
-    compiled = jax.jit(fun, compiler_options=_options(), **jit_kwargs)
-
-    @functools.wraps(fun)
-    def call(*args, **kwargs):
-        return fun(*args, **kwargs) if _traced((args, kwargs)) else compiled(*args, **kwargs)
-
-    return call
 
 
 def _traced(tree) -> bool:
@@ -64,11 +61,16 @@ class _Static:
 
 
 def filter_once(fun):
-    """:func:`once` with Equinox's filter: array leaves of the arguments are traced, the
-    rest is static (a new value compiles again, as ``eqx.filter_jit``), and the result
-    may hold non-array leaves (e.g. a module's static fields). Compiled programs are
-    cached per static part, as ``jax.jit``'s."""
+    """``fun`` compiled for a program that runs once or a few times (see the module text),
+    with Equinox's filter: array leaves of the arguments are traced, the rest is static (a
+    new value compiles again, as ``eqx.filter_jit``), and the result may hold non-array
+    leaves (e.g. a module's static fields). Compiled programs are cached per static part,
+    as ``jax.jit``'s; a heavy program (see the module text) gets XLA's defaults. Called
+    with traced arguments (inside
+    another ``jit``, ``vmap`` or ``grad``), it is ``fun`` itself, traced into the caller's
+    program (XLA takes compiler options only for a whole program)."""
     results: dict = {}
+    light: dict = {}  # per signature: whether the program is light enough for the fast compile
 
     def arrays_of(static, dynamic):
         a, k = eqx.combine(dynamic, static.tree)
@@ -76,7 +78,8 @@ def filter_once(fun):
         results[static] = out_static  # recorded when traced; a cache hit reads it
         return out
 
-    compiled = jax.jit(arrays_of, static_argnums=0, compiler_options=_options())
+    fast = jax.jit(arrays_of, static_argnums=0, compiler_options=_options())
+    default = jax.jit(arrays_of, static_argnums=0)
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
@@ -84,10 +87,25 @@ def filter_once(fun):
             return fun(*args, **kwargs)
         dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
         key = _Static(static)
-        out = compiled(key, dynamic)
-        return eqx.combine(out, results[key])
+        leaves, treedef = jax.tree.flatten(dynamic)
+        signature = (key, treedef, tuple(jax.typeof(x) for x in leaves))
+        if signature not in light:
+            light[signature] = _is_light(fast, key, dynamic, leaves)
+        return eqx.combine((fast if light[signature] else default)(key, dynamic), results[key])
 
     return call
+
+
+def _is_light(jitted, key, dynamic, leaves) -> bool:
+    """Whether a program gets the options of a program run once: always off a CPU (no
+    options there), and on a CPU unless its inputs are large (over 10^5 numbers, e.g. a
+    model's data) and XLA's cost analysis puts it above :data:`HEAVY_FLOPS`."""
+    if _options() is None or sum(x.size for x in leaves) <= 100_000:
+        return True
+    cost = jitted.lower(key, dynamic).cost_analysis() or {}
+    if isinstance(cost, list):  # one entry per program in some JAX versions
+        cost = cost[0] if cost else {}
+    return float(cost.get("flops", 0.0)) <= HEAVY_FLOPS
 
 
 class Hoisted(eqx.Module):
