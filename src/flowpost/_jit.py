@@ -66,9 +66,9 @@ def filter_once(fun):
     new value compiles again, as ``eqx.filter_jit``), and the result may hold non-array
     leaves (e.g. a module's static fields). Compiled programs are cached per static part,
     as ``jax.jit``'s; a heavy program (see the module text) gets XLA's defaults. Called
-    with traced arguments (inside
-    another ``jit``, ``vmap`` or ``grad``), it is ``fun`` itself, traced into the caller's
-    program (XLA takes compiler options only for a whole program)."""
+    with traced arguments (inside another ``jit``, ``vmap`` or ``grad``), it is ``fun``
+    itself, traced into the caller's program (XLA takes compiler options only for a
+    whole program)."""
     results: dict = {}
     light: dict = {}  # per signature: whether the program is light enough for the fast compile
 
