@@ -40,7 +40,8 @@ def _options() -> dict | None:
     return {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
-def _traced(tree) -> bool:
+def traced(tree) -> bool:
+    """Whether any leaf of ``tree`` is a tracer (the call is inside a ``jit``, ``vmap`` or ``grad``)."""
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
 
@@ -83,7 +84,7 @@ def filter_once(fun):
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
-        if _traced((args, kwargs)):  # inside another transformation: traced into it
+        if traced((args, kwargs)):  # inside another transformation: traced into it
             return fun(*args, **kwargs)
         dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
         key = _Static(static)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._jit import traced
 from . import devices
 
 
@@ -100,7 +101,7 @@ def partition(model, frozen: Callable[[Any], bool] = lambda node: False):
     ends = np.cumsum([leaf.size for leaf in leaves])[:-1]
     dtype = jnp.result_type(*leaves) if leaves else jax.dtypes.canonicalize_dtype(float)
     meta = [(leaf.shape, leaf.dtype) for leaf in leaves]
-    if _traced(leaves):
+    if traced(leaves):
         flat = jnp.concatenate([jnp.ravel(leaf).astype(dtype) for leaf in leaves] or [jnp.zeros(0, dtype)])
     else:  # on the host: eager reshapes and concatenations compile a program each (~0.1 s in all)
         flat = jnp.asarray(np.concatenate([np.ravel(leaf) for leaf in leaves] or [np.zeros(0)]), dtype)
@@ -114,10 +115,6 @@ def partition(model, frozen: Callable[[Any], bool] = lambda node: False):
         return eqx.combine(unravel(p), r)
 
     return flat, rest, combine
-
-
-def _traced(tree) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
 
 def finite(info: Info, xp=jnp):
