@@ -42,6 +42,23 @@ def test_moment_gap_measures_the_shift_and_the_scale_with_their_error():
     assert same["mean_gap"][0] < 1e-9 and same["sd_gap"][0] < 1e-9 and stopping.moments_agree(same).all()
 
 
+def test_paired_errors_match_the_spread_of_the_gaps_over_repeats():
+    """The errors that moment_gap claims for its gaps (paired: q's moment minus the
+    weighted one, from the same draws) are the gaps' own spread over repeated pilots:
+    q = N(0, 1) against N(0.02, 1.03^2), 200 pilots of 4000 draws. (The weighted
+    estimate's own error, about 0.016 here, would claim ten times the spread.)"""
+    rng = np.random.default_rng(3)
+    gaps, errors = [], []
+    for _ in range(200):
+        x = rng.standard_normal((4000, 1))
+        g = stopping.moment_gap(x, _normalised(_normal_logpdf(x[:, 0], 0.02, 1.03) - _normal_logpdf(x[:, 0], 0, 1)))
+        gaps.append([g["mean_gap"][0], g["sd_gap"][0]])
+        errors.append([g["mean_se"][0], g["sd_se"][0]])
+    gaps, errors = np.array(gaps), np.array(errors)
+    np.testing.assert_allclose(gaps.std(0), errors.mean(0), rtol=0.2)
+    np.testing.assert_allclose(gaps.mean(0), [0.02 / 1.03, np.log(1.03)], atol=0.002)
+
+
 def test_plateau_sees_a_rising_elbo_and_a_round_that_still_gained():
     rng = np.random.default_rng(1)
     noise = 0.05 * rng.standard_normal(200)
