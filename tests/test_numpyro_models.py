@@ -391,4 +391,5 @@ def test_float32_round_off_gets_the_fix():
     y = jnp.sin(3 * x)
     t = fp.targets.from_numpyro(_gp, x, y)
     with pytest.warns(RuntimeWarning, match=r"NaN in float32 at \d+ of .*finite there in float64.*jax_enable_x64"):
-        fp.fit(t, family="meanfield", steps=1, key=jax.random.key(0), progress=False)
+        # the check runs before any start; a standard start skips the mode search (24.7 -> 4.2 s)
+        fp.fit(t, family="meanfield", init="standard", steps=1, key=jax.random.key(0), progress=False)
