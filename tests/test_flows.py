@@ -9,16 +9,18 @@ import pytest
 
 import flowpost as fp
 from flowpost import flows as F
+from flowpost.engine import numpy_rng
 
 DIM, CTX = 5, 3
 
 
 def randomise(module, key, scale=0.5):
-    """Perturb every trainable (inexact) array so that no layer is at its identity init."""
+    """Perturb every trainable (inexact) array so that no layer is at its identity init (the
+    noise drawn by NumPy from ``key``: eager JAX draws compile a program per shape)."""
     arrays, static = eqx.partition(module, eqx.is_inexact_array)
     leaves, tree = jax.tree.flatten(arrays)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    leaves = [a + scale * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    rng = numpy_rng(key)
+    leaves = [jnp.asarray(np.asarray(a) + scale * rng.standard_normal(a.shape), a.dtype) for a in leaves]
     return eqx.combine(jax.tree.unflatten(tree, leaves), static)
 
 
