@@ -142,10 +142,10 @@ def moment_gap(x: np.ndarray, log_w: np.ndarray) -> dict:
     mq, mw = x.mean(0), (w * x).sum(0)
     dq, dw = x - mq, x - mw
     vq, vw = (dq**2).mean(0), (w * dw**2).sum(0)
-    sw = np.sqrt(np.maximum(vw, 1e-300))
+    vq_, vw_ = np.maximum(vq, 1e-300), np.maximum(vw, 1e-300)  # floored: a constant column divides by them
+    sw = np.sqrt(vw_)
     mean_se = np.sqrt(((dq / n - w * dw) ** 2).sum(0)) / sw
-    tiny = lambda v: np.maximum(v, 1e-300)  # noqa: E731
-    sd_se = np.sqrt((((dq**2 - vq) / (n * tiny(vq)) - w * (dw**2 - vw) / tiny(vw)) ** 2).sum(0)) / 2
+    sd_se = np.sqrt((((dq**2 - vq) / (n * vq_) - w * (dw**2 - vw) / vw_) ** 2).sum(0)) / 2
     with np.errstate(divide="ignore", invalid="ignore"):
         sd_gap = np.abs(0.5 * np.log(vq / vw))
     constant = sw <= 1e-9 * (1.0 + np.abs(mw))  # e.g. the unit diagonal of a correlation matrix
