@@ -52,10 +52,34 @@ def test_a_hard_case_says_the_corrected_draws_cannot_be_trusted_either():
     assert d["khat"] >= 0.7, d
     (w,) = moment_warnings(d)
     assert "cannot be trusted" in w and "theta[0]" in w
+    assert d["flagged"] and not d["confirmed"]
 
 
 def test_a_good_fit_gets_no_such_warning():
     r = fp.fit(correlated(0.6), family="fullrank", steps=400, key=jax.random.key(0), progress=False)
     d = r.diagnostics()
     assert not moment_warnings(d) and d["psis_moment_gap"]["off"] == {}, d
+    assert d["confirmed"] and not d["flagged"], d
     assert d["psis_moment_gap"]["max_mean_gap"] < 0.05 and d["psis_moment_gap"]["max_sd_gap"] < 0.05, d
+
+
+def test_a_fit_the_weights_cannot_confirm_is_flagged_until_they_can():
+    """q = N(0, I) against N(0, 1.06^2 I): 6% narrow, inside the bar. With 100 draws the
+    corrected moments are too noisy to confirm it (flagged, with the reason: at these keys
+    a gap of 0.1 is within twice its Monte Carlo error); with 20,000 they confirm it (not
+    flagged). Nothing is reported off either way."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    std = fp.fit(fp.Target(lambda u: -0.5 * jnp.sum(u**2), 2), family="meanfield", steps=100,
+                 key=jax.random.key(0), progress=False)  # stays at its exact Laplace start
+    narrow = dataclasses.replace(std, target=fp.Target(lambda u: -0.5 * jnp.sum((u / 1.06) ** 2), 2))
+    few, many = narrow.diagnostics(jax.random.key(0), 100), narrow.diagnostics(jax.random.key(0), 20_000)
+    for d in (few, many):
+        assert d["khat"] < 0.5 and d["converged"] and not d["psis_moment_gap"]["off"], d
+    assert not few["confirmed"] and few["flagged"]
+    (note,) = [w for w in few["warnings"] if "not confirmed" in w]
+    assert "too noisy to confirm" in note and "k-hat" not in note.split(":")[1]
+    assert many["confirmed"] and not many["flagged"] and not many["warnings"], many
+    assert abs(many["psis_moment_gap"]["max_sd_gap"] - np.log(1.06)) < 0.01

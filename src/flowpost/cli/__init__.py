@@ -111,7 +111,8 @@ def fit(
     )
     _ui.say(
         f"ELBO {diag['elbo']:.3f} ± {diag['elbo_se']:.3f}   PSIS k-hat {diag['khat']:.2f}   "
-        f"ESS {diag['ess']:.0f}/{draws}   converged: {diag['converged']}   ({result.message})"
+        f"ESS {diag['ess']:.0f}/{draws}   converged: {diag['converged']}   "
+        f"accuracy confirmed by the weights: {diag['confirmed']}   ({result.message})"
     )
     if diag["start"]:
         _ui.say(f"start: {diag['start']}")

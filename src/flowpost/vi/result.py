@@ -98,7 +98,10 @@ class FitResult:
         ``start`` (how the family started, e.g. the Laplace note; None if it started as
         built); ``nonfinite_weights`` (draws whose log p - log q is not finite) and
         ``nan_density`` (those of them where the target's log density is NaN, counted as
-        -inf: a rejection, as in Stan).
+        -inf: a rejection, as in Stan); ``psis_moment_gap`` (q's moments against the
+        PSIS-corrected ones); ``confirmed`` (k-hat < 0.5 and every quantity's moments within
+        0.1 posterior sd of the corrected ones with twice their Monte Carlo error) and
+        ``flagged`` (a warning says q's own draws should not be relied on as they are).
         """
         return D.diagnose(self, key, n)
 
