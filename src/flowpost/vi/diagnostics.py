@@ -168,8 +168,8 @@ CONFIRM_KHAT = 0.5
 
 def unconfirmed(khat: float, gap: dict) -> str:
     """The warning for a fit whose accuracy the importance weights cannot confirm, though
-    nothing says it is off (issue 16, section 3: the hierarchical model's half-Cauchy
-    scale, k-hat 0.57, sd 22% too small, q and the PSIS-corrected draws in agreement)."""
+    nothing says it is off (e.g. a half-Cauchy scale whose tail q lacks, where q and the
+    PSIS-corrected draws agree: the trust section of ``docs/time-to-accuracy.md``)."""
     if khat >= CONFIRM_KHAT:
         why = (
             f"k-hat {khat:.2f} >= {CONFIRM_KHAT}: the weights' variance is infinite, so the PSIS-corrected "
