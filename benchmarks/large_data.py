@@ -86,9 +86,10 @@ def flat(draws: dict) -> dict:
     return fp.vi.flatten_draws({k: np.asarray(v) for k, v in draws.items()})
 
 
-def nuts(model, args, key, warmup, samples):
+def nuts(model, args, key, warmup, samples, chains=1):
     t0 = time.perf_counter()
-    mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=samples, progress_bar=False)
+    mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=samples, num_chains=chains,
+                chain_method="vectorized", progress_bar=False)
     mcmc.run(key, *args)
     draws = jax.block_until_ready(mcmc.get_samples())
     return flat(draws), time.perf_counter() - t0
@@ -128,11 +129,7 @@ def reference(name, model, args, n):
     if path.exists():
         return dict(np.load(path)), None
     if name == "hierarchical":  # exact at any N, from the sufficient statistics: 4 chains x 5,000
-        t0 = time.perf_counter()
-        mcmc = MCMC(NUTS(hierarchical_collapsed), num_warmup=1000, num_samples=5000, num_chains=4,
-                    chain_method="vectorized", progress_bar=False)
-        mcmc.run(jax.random.key(123), *sufficient_statistics(*args))
-        draws, seconds = flat(mcmc.get_samples()), time.perf_counter() - t0
+        draws, seconds = nuts(hierarchical_collapsed, sufficient_statistics(*args), jax.random.key(123), 1000, 5000, 4)
     else:
         draws, seconds = nuts(model, args, jax.random.key(123), 1000, 4000)
     CACHE.mkdir(parents=True, exist_ok=True)

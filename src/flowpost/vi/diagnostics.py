@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from .._checks import check_ints
+from .stopping import KHAT_MAX, moment_gap, moments_agree
 
 
 def psis(log_w: np.ndarray) -> tuple[np.ndarray, float]:
@@ -152,7 +153,7 @@ def diagnose(result, key=None, n: int = 4000) -> dict[str, Any]:
     if finite.sum() >= 10:
         out["psis_moment_gap"] = gap = trust(result, u, log_w, khat, notes)
         hard = hard or bool(gap["off"])
-        confirmed = bool(khat < CONFIRM_KHAT and gap["confirmed"])
+        confirmed = bool(khat < KHAT_MAX and gap["confirmed"])
         if not hard and not confirmed:
             notes.append(unconfirmed(khat, gap))
     out["confirmed"] = confirmed
@@ -161,18 +162,13 @@ def diagnose(result, key=None, n: int = 4000) -> dict[str, Any]:
     return out
 
 
-#: below this k-hat the PSIS-weighted moments have a finite variance (Vehtari et al. 2024),
-#: so their Monte Carlo errors mean what they say and can confirm q's own
-CONFIRM_KHAT = 0.5
-
-
 def unconfirmed(khat: float, gap: dict) -> str:
     """The warning for a fit whose accuracy the importance weights cannot confirm, though
     nothing says it is off (e.g. a half-Cauchy scale whose tail q lacks, where q and the
     PSIS-corrected draws agree: the trust section of ``docs/time-to-accuracy.md``)."""
-    if khat >= CONFIRM_KHAT:
+    if khat >= KHAT_MAX:
         why = (
-            f"k-hat {khat:.2f} >= {CONFIRM_KHAT}: the weights' variance is infinite, so the PSIS-corrected "
+            f"k-hat {khat:.2f} >= {KHAT_MAX}: the weights' variance is infinite, so the PSIS-corrected "
             "moments cannot confirm q's own (a tail q lacks is invisible to them)"
         )
     else:
@@ -204,7 +200,6 @@ def trust(result, u, log_w, khat: float, notes: list) -> dict[str, Any]:
     Returns ``{"max_mean_gap", "max_sd_gap", "off": {name: {"mean_gap", "sd_gap"}},
     "confirmed"}``; ``confirmed``: every gap plus twice its Monte Carlo error is within
     :data:`MOMENT_GAP` (:func:`flowpost.vi.stopping.moments_agree`)."""
-    from .stopping import moment_gap, moments_agree
     from .target import flatten_draws
 
     finite = np.isfinite(log_w)

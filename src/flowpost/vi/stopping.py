@@ -65,6 +65,10 @@ AUTO_SAMPLES, FIXED_SAMPLES = 128, 256
 #: weighted estimate's Monte Carlo error added (twice it): half the accuracy bar, because
 #: the corrected estimate can itself be off by as much again (see :func:`decide`)
 MOMENT_BOUND = 0.05
+#: below this PSIS k-hat the importance weights have a finite variance (Vehtari et al.
+#: 2024), so the Monte Carlo errors of the corrected moments mean what they say and can
+#: confirm q's own: the pilot's gate here and ``diagnostics()``'s ``confirmed``
+KHAT_MAX = 0.5
 #: pilot draws at a round's end (the number :meth:`FitResult.diagnostics` uses, so the
 #: compiled sampler serves both)
 PILOT_DRAWS = 4000
@@ -213,7 +217,7 @@ def decide(
     log_w_psis: np.ndarray,
     khat: float,
     bound: float = MOMENT_BOUND,
-    khat_max: float = 0.5,
+    khat_max: float = KHAT_MAX,
 ) -> Check:
     """Stop at a round's end? ``elbo_round``: the round's per-step ELBO; ``x``, ``log_w_psis``,
     ``khat``: pilot draws of q, their PSIS log weights and k-hat (see the module text)."""
